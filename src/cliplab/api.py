@@ -1,0 +1,140 @@
+"""The public entry point: :func:`load` a checkpoint into a :class:`Pipeline` that turns images and
+texts into vectors of one embedding space."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoints import CheckpointError, LoadedCheckpoint, build_model, read_checkpoint, resolve
+from .model import CLIP
+from .preprocess import ImageInput, Preprocessor, PreprocessConfig
+from .tokenizer import Tokenizer, default_tokenizer
+
+DEFAULT_MODEL = "cliplab-mini"
+
+
+def cliplab_home() -> Path:
+    """Where cliplab keeps its own models and data: ``$CLIPLAB_HOME`` or ``~/.cache/cliplab``."""
+    return Path(os.environ.get("CLIPLAB_HOME", Path.home() / ".cache" / "cliplab")).expanduser()
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _named_model_path(name: str) -> Path | None:
+    path = cliplab_home() / "models" / name
+    return path if path.is_dir() else None
+
+
+class Pipeline:
+    """A CLIP model with its preprocessing and tokenizer.
+
+    ``encode_image`` / ``encode_text`` return projected, unnormalised features as OpenAI's API does;
+    ``embed_images`` / ``embed_texts`` return L2-normalised float32 numpy arrays.
+    """
+
+    def __init__(self, model: CLIP, preprocess: Preprocessor | None = None, tokenizer: Tokenizer | None = None,
+                 device: str | torch.device | None = None, name: str = "", checkpoint: LoadedCheckpoint | None = None):
+        self.device = torch.device(device or default_device())
+        self.model = model.to(self.device).eval()
+        self.preprocess = preprocess or Preprocessor(image_size=model.image_size)
+        self.tokenizer = tokenizer or default_tokenizer()
+        self.name = name
+        self.checkpoint = checkpoint
+
+    def __repr__(self) -> str:
+        return f"Pipeline(name={self.name!r}, device={self.device}, image_size={self.preprocess.image_size})"
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.config.embed_dim
+
+    @property
+    def logit_scale(self) -> float:
+        """The learned temperature's multiplier, exp(logit_scale), as used for zero-shot softmax."""
+        return float(self.model.logit_scale.detach().exp().clamp(max=100.0))
+
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(texts, context_length=self.model.context_length)
+
+    @torch.inference_mode()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels.to(self.device))
+
+    @torch.inference_mode()
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(token_ids.to(self.device))
+
+    def embed_images(self, images: Iterable[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """L2-normalised embeddings ``[N, embed_dim]`` of image paths, bytes or PIL images.
+
+        Raises :class:`cliplab.preprocess.ImageLoadError` naming the first file that cannot be read.
+        """
+        images = list(images)
+        out = np.empty((len(images), self.embed_dim), dtype=np.float32)
+        bar = tqdm(total=len(images), unit="img", disable=not progress, desc="embedding images")
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            features = self.encode_image(self.preprocess.batch(chunk))
+            out[start:start + len(chunk)] = F.normalize(features.float(), dim=-1).cpu().numpy()
+            bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """L2-normalised embeddings ``[N, embed_dim]`` of texts."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
+        bar = tqdm(total=len(texts), unit="text", disable=not progress, desc="embedding texts")
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            features = self.encode_text(self.tokenize(chunk))
+            out[start:start + len(chunk)] = F.normalize(features.float(), dim=-1).cpu().numpy()
+            bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def similarity(self, images: Iterable[ImageInput], texts: Sequence[str]) -> np.ndarray:
+        """Cosine similarities ``[n_images, n_texts]``."""
+        return self.embed_images(images) @ self.embed_texts(texts).T
+
+    def save(self, dest: str | os.PathLike, format: str = "cliplab", metadata: dict | None = None) -> Path:
+        """Write the model in ``format`` (``cliplab``, ``open_clip``, ``huggingface``, ``openai``)."""
+        from .checkpoints import write_checkpoint
+
+        return write_checkpoint(self.model, dest, format, self.preprocess.config.to_dict(), metadata)
+
+
+def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+         quick_gelu: bool | None = None, cache_dir: str | os.PathLike | None = None) -> Pipeline:
+    """Load a CLIP checkpoint from a path or a published name into a :class:`Pipeline`.
+
+    ``name_or_path``: a file or folder in any format cliplab reads, a model in ``$CLIPLAB_HOME/models``
+    (default ``cliplab-mini``), or a hub name such as ``ViT-B-32/openai`` (needs a network or the
+    hub cache). ``quick_gelu`` sets the activation of bare state dicts that do not record it.
+    """
+    name = str(name_or_path or DEFAULT_MODEL)
+    path = _named_model_path(name)
+    if path is None:
+        if name == DEFAULT_MODEL:
+            raise CheckpointError(
+                f"the default model {DEFAULT_MODEL!r} is not in {cliplab_home() / 'models'} yet: run `make demo` "
+                "(or `cliplab demo`) once to create it, or pass a checkpoint path or name"
+            )
+        path = resolve(name, cache_dir)
+    ckpt = read_checkpoint(path, quick_gelu=quick_gelu)
+    model = build_model(ckpt)
+    preprocess = Preprocessor(PreprocessConfig.from_dict(ckpt.preprocess))
+    if preprocess.image_size != model.image_size:
+        raise CheckpointError(
+            f"{path}: preprocessing resizes to {preprocess.image_size} px but the model takes {model.image_size} px"
+        )
+    return Pipeline(model, preprocess, Tokenizer(context_length=model.context_length), device, name, ckpt)

@@ -1,0 +1,74 @@
+"""OpenAI's published ``.pt`` files (TorchScript archives with fp16 weights) and plain PyTorch or
+safetensors state dicts with OpenAI's key names, which OpenCLIP uses too."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .base import CheckpointError, LoadedCheckpoint
+from .infer import infer_config, normalise_state_dict
+from .torchfiles import is_torchscript_archive, load_torch_file, read_torchscript_tensors
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def default_preprocess(image_size: int) -> dict:
+    return {"image_size": image_size, "mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic",
+            "resize_mode": "shortest"}
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded object: a bare dict of tensors, or a training checkpoint that
+    keeps one under ``state_dict``/``model``."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "module"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a CLIP state dict")
+
+
+def read_state_dict_file(path: Path, quick_gelu: bool | None = None) -> LoadedCheckpoint:
+    """Read a single-file checkpoint: a TorchScript archive, a ``torch.save`` file or ``.safetensors``."""
+    notes = []
+    if path.suffix == ".safetensors":
+        try:
+            raw = load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from error
+        source = "state-dict"
+    elif is_torchscript_archive(path):
+        raw = read_torchscript_tensors(path)
+        source = "openai-torchscript"
+    else:
+        raw = _unwrap(load_torch_file(path), path)
+        source = "state-dict"
+    state_dict = normalise_state_dict(raw)
+
+    if quick_gelu is None:
+        if source == "openai-torchscript":
+            quick_gelu = True
+            notes.append("QuickGELU: OpenAI TorchScript archives were all trained with it")
+        else:
+            quick_gelu = True
+            message = (
+                f"{path.name} does not record its activation; assuming QuickGELU (OpenAI's). Models trained "
+                "by OpenCLIP without a '-quickgelu' name use GELU: pass quick_gelu=False (--gelu) for those."
+            )
+            notes.append(message)
+            warnings.warn(message, stacklevel=3)
+    config = infer_config(state_dict, quick_gelu=quick_gelu)
+    notes.append("attention heads: 64 channels each (OpenAI convention; not recorded in a bare state dict)")
+    return LoadedCheckpoint(state_dict, config, source, default_preprocess(config.vision.image_size), notes)
+
+
+def write_openai_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """A plain ``torch.save`` state dict with OpenAI's key names, which ``clip.load`` and
+    ``open_clip.create_model(..., pretrained=path)`` accept."""
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, path)

@@ -1,0 +1,80 @@
+"""CLIP: an image tower and a causal text transformer projected into one embedding space, with a
+learned temperature. Parameter names equal OpenAI's, so its state dicts load without renaming."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import CLIPConfig
+from .layers import LayerNorm, Transformer
+from .vision import ModifiedResNet, VisionTransformer
+
+INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class CLIP(nn.Module):
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__()
+        self.config = config
+        vision, text = config.vision, config.text
+        if vision.is_resnet:
+            self.visual: nn.Module = ModifiedResNet(vision, config.embed_dim)
+        else:
+            self.visual = VisionTransformer(vision, config.embed_dim, config.quick_gelu)
+
+        self.context_length = text.context_length
+        self.token_embedding = nn.Embedding(text.vocab_size, text.width)
+        self.positional_embedding = nn.Parameter(torch.empty(text.context_length, text.width))
+        self.transformer = Transformer(text.width, text.layers, text.heads, text.mlp_ratio, config.quick_gelu)
+        self.ln_final = LayerNorm(text.width)
+        self.text_projection = nn.Parameter(torch.empty(text.width, config.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """OpenAI's initialisation, for training from scratch."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        self.transformer.init_weights()
+        nn.init.normal_(self.text_projection, std=self.transformer.width**-0.5)
+        self.visual.init_weights()
+
+    @property
+    def image_size(self) -> int:
+        return self.config.vision.image_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.token_embedding.weight.dtype
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Projected (unnormalised) image features ``[N, embed_dim]`` for pixels ``[N, 3, H, W]``."""
+        return self.visual(pixels)
+
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Projected (unnormalised) text features ``[N, embed_dim]``, read at each sequence's
+        end-of-text token (the highest id in the vocabulary, hence ``argmax``)."""
+        length = token_ids.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"token sequences of length {length} exceed the context length {self.context_length}")
+        x = self.token_embedding(token_ids) + self.positional_embedding[:length].to(self.dtype)
+        x = self.ln_final(self.transformer(x, causal=True))
+        eot = x[torch.arange(x.shape[0], device=x.device), token_ids.argmax(dim=-1)]
+        return eot @ self.text_projection
+
+    def forward(self, pixels: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled cosine similarities ``(logits_per_image [N, M], logits_per_text [M, N])``."""
+        image = F.normalize(self.encode_image(pixels), dim=-1)
+        text = F.normalize(self.encode_text(token_ids), dim=-1)
+        logits_per_image = self.logit_scale.exp() * image @ text.t()
+        return logits_per_image, logits_per_image.t()
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.transformer.grad_checkpointing = enabled
+        if isinstance(self.visual, VisionTransformer):
+            self.visual.transformer.grad_checkpointing = enabled

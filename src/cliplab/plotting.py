@@ -1,0 +1,44 @@
+"""The picture people draw of CLIP: the cosine-similarity matrix of images (columns, with
+thumbnails) against texts (rows)."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def plot_similarity(similarity: np.ndarray, images: Sequence[Image.Image], texts: Sequence[str],
+                    path: str | os.PathLike, title: str = "Cosine similarity between text and image features") -> None:
+    """Save a heatmap of ``similarity`` ``[n_images, n_texts]`` with image thumbnails above the
+    columns and the texts beside the rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_images, n_texts = similarity.shape
+    if n_images != len(images) or n_texts != len(texts):
+        raise ValueError(f"matrix {similarity.shape} does not match {len(images)} images and {len(texts)} texts")
+    matrix = similarity.T  # rows: texts, columns: images
+    fig, ax = plt.subplots(figsize=(2 + 1.3 * n_images, 2.2 + 0.6 * n_texts))
+    ax.imshow(matrix, vmin=min(0.1, float(matrix.min())), vmax=max(0.3, float(matrix.max())), cmap="viridis")
+    ax.set_yticks(range(n_texts), ["\n".join(textwrap.wrap(t, 40)) for t in texts], fontsize=9)
+    ax.set_xticks([])
+    for i, image in enumerate(images):
+        thumb = image.convert("RGB").copy()
+        thumb.thumbnail((128, 128))
+        ax.imshow(np.asarray(thumb), extent=(i - 0.5, i + 0.5, -0.6, -1.6))
+    for (row, col), value in np.ndenumerate(matrix):
+        ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color="white")
+    ax.set_xlim(-0.5, n_images - 0.5)
+    ax.set_ylim(n_texts - 0.5, -1.7)
+    for side in ("left", "top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

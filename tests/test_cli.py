@@ -1,0 +1,101 @@
+"""The cliplab command, run in-process through its entry point and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cliplab.checkpoints import write_checkpoint
+from cliplab.cli import main
+from cliplab.model import get_preset
+from conftest import random_model
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    write_checkpoint(random_model(get_preset("ViT-nano")), tmp_path / "model", "cliplab")
+    return str(tmp_path / "model")
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_classify_json(model_dir, image_files, capsys):
+    assert main(["classify", *image_files, "--labels", "a cat,a dog,a bus", "--model", model_dir, "--json",
+                 "--templates", "photo", "-k", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in result] == image_files
+    for r in result:
+        assert len(r["predictions"]) == 2
+        assert r["predictions"][0]["probability"] >= r["predictions"][1]["probability"]
+
+
+def test_classify_with_saved_classifier_gives_the_same_answer(model_dir, image_files, tmp_path, capsys):
+    args = ["--model", model_dir, "--json"]
+    main(["classify", *image_files, "--labels", "a cat,a dog", "--save-classifier", str(tmp_path / "c.safetensors"),
+          *args])
+    first = json.loads(capsys.readouterr().out)
+    main(["classify", *image_files, "--classifier", str(tmp_path / "c.safetensors"), *args])
+    assert json.loads(capsys.readouterr().out) == first
+
+
+def test_embed_images_to_npy_and_texts_to_parquet(model_dir, image_files, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert main(["embed", "--images", *image_files, "--out", str(tmp_path / "v.npy"), "--model", model_dir]) == 0
+    vectors = np.load(tmp_path / "v.npy")
+    assert vectors.shape == (3, 128)
+    assert (tmp_path / "v.ids.txt").read_text().split() == image_files
+    assert main(["embed", "--texts", "a cat", "a dog", "--out", str(tmp_path / "t.parquet"), "--model", model_dir]) == 0
+    table = pq.read_table(tmp_path / "t.parquet").to_pydict()
+    assert table["id"] == ["a cat", "a dog"] and len(table["embedding"][0]) == 128
+
+
+def test_similarity_plot_and_json(model_dir, image_files, tmp_path, capsys):
+    plot = tmp_path / "m.png"
+    assert main(["similarity", "--images", *image_files[:2], "--texts", "a cat", "a dog", "a bus",
+                 "--plot", str(plot), "--json", "--model", model_dir]) == 0
+    matrix = np.array(json.loads(capsys.readouterr().out)["cosine"])
+    assert matrix.shape == (2, 3) and np.all(np.abs(matrix) <= 1)
+    assert Image.open(plot).size[0] > 200
+
+
+def test_convert_and_info(model_dir, tmp_path, capsys):
+    assert main(["convert", model_dir, str(tmp_path / "hf"), "--to", "huggingface"]) == 0
+    assert main(["info", str(tmp_path / "hf"), "--json"]) == 0
+    out = capsys.readouterr().out
+    info = json.loads(out[out.index("{"):])
+    assert info["format"] == "huggingface" and info["config"]["embed_dim"] == 128
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["classify", "missing.jpg", "--labels", "a,b"], "no such image file: missing.jpg"),
+    (["info", "nowhere/model.pt"], "neither an existing file"),
+])
+def test_bad_input_exits_non_zero_with_a_message(argv, message, capsys):
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_classify_needs_two_labels(model_dir, image_files, capsys):
+    assert main(["classify", image_files[0], "--labels", "a cat", "--model", model_dir]) == 1
+    assert "two or more labels" in capsys.readouterr().err
+
+
+def test_console_script_help_runs_as_a_process():
+    result = subprocess.run([sys.executable, "-m", "cliplab", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("classify", "embed", "similarity", "convert", "info", "demo"):
+        assert command in result.stdout
