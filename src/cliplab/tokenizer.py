@@ -181,6 +181,7 @@ class Tokenizer:
             raise ValueError(f"{self.vocab_path}: the vocabulary contains duplicate tokens")
 
         self._id_to_token: list[str] = tokens
+        self._merges = merges
         self._token_to_id: dict[str, int] = token_to_id
         self._sot = token_to_id[SOT_TEXT]
         self._eot = token_to_id[EOT_TEXT]
@@ -205,6 +206,16 @@ class Tokenizer:
         self._text_cache: dict[str, tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def vocabulary(self) -> dict[str, int]:
+        """Token -> id in id order (the content of a Hugging Face ``vocab.json``)."""
+        return dict(self._token_to_id)
+
+    @property
+    def merges(self) -> list[tuple[str, str]]:
+        """The BPE merge rules in rank order (the content of a Hugging Face ``merges.txt``)."""
+        return list(self._merges)
 
     @property
     def vocab_size(self) -> int:

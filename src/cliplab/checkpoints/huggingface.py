@@ -37,8 +37,6 @@ this format (use the OpenCLIP format for them).
 
 from __future__ import annotations
 
-import functools
-import gzip
 import json
 import math
 import os
@@ -49,6 +47,11 @@ from typing import Any
 import torch
 
 from ..model.configs import CLIPConfig, TextConfig, VisionConfig
+from ..preprocess import MEAN as OPENAI_MEAN
+from ..preprocess import STD as OPENAI_STD
+from ..tokenizer import EOT_TEXT as EOT_TOKEN
+from ..tokenizer import SOT_TEXT as SOT_TOKEN
+from ..tokenizer import default_tokenizer
 from .base import CheckpointError, LoadedCheckpoint
 
 __all__ = ["is_huggingface_folder", "read_huggingface", "write_huggingface"]
@@ -68,16 +71,9 @@ LAYER_NORM_EPS = 1e-5
 # value is in the weights.
 LOGIT_SCALE_INIT_VALUE = 2.6592
 
-SOT_TOKEN = "<|startoftext|>"
-EOT_TOKEN = "<|endoftext|>"
 OPENAI_VOCAB_SIZE = 49408
 OPENAI_SOT_ID = 49406
 OPENAI_EOT_ID = 49407
-NUM_MERGES = 49152 - 256 - 2  # the merge rules OpenAI's tokenizer uses: 48,894
-BPE_VOCAB_PATH = Path(__file__).resolve().parent.parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # PIL resampling filter ids (as CLIPImageProcessor stores them) <-> cliplab interpolation names.
 _RESAMPLE_TO_NAME = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -506,38 +502,11 @@ def _preprocess_to_hf(preprocess: Mapping[str, Any] | None, image_size: int) -> 
 # --------------------------------------------------------------------------- tokenizer files
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from the 256 byte values to printable characters."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    # Keep the printable bytes first: the vocabulary's first 256 ids follow this order.
-    return {b: table[b] for b in [*printable, *(b for b in range(256) if b not in printable)]}
-
-
-@functools.lru_cache(maxsize=1)
-def _bpe_vocab_and_merges() -> tuple[dict[str, int], tuple[str, ...]]:
-    """OpenAI's tokenizer vocabulary (token -> id) and merge rules, from cliplab's shipped BPE file."""
-    with gzip.open(BPE_VOCAB_PATH, "rt", encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    merges = tuple(lines[1 : NUM_MERGES + 1])  # line 0 is a header
-    symbols = list(_bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split(" ")) for m in merges]
-    tokens += [SOT_TOKEN, EOT_TOKEN]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    if len(vocab) != OPENAI_VOCAB_SIZE:  # pragma: no cover - the shipped file is fixed
-        raise CheckpointError(f"{BPE_VOCAB_PATH} yields {len(vocab)} distinct tokens, expected {OPENAI_VOCAB_SIZE}")
-    return vocab, merges
-
-
 def _write_tokenizer(folder: Path, context_length: int) -> None:
-    vocab, merges = _bpe_vocab_and_merges()
-    _write_json(folder / "vocab.json", vocab, ensure_ascii=False, indent=None)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tokenizer = default_tokenizer()
+    _write_json(folder / "vocab.json", tokenizer.vocabulary, ensure_ascii=False, indent=None)
+    merges = "\n".join(f"{a} {b}" for a, b in tokenizer.merges)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + merges + "\n", encoding="utf-8")
 
     def special(token: str) -> dict[str, Any]:
         return {"content": token, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False,

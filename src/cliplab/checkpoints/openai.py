@@ -9,17 +9,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..preprocess import PreprocessConfig
 from .base import CheckpointError, LoadedCheckpoint
 from .infer import infer_config, normalise_state_dict
 from .torchfiles import is_torchscript_archive, load_torch_file, read_torchscript_tensors
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
 def default_preprocess(image_size: int) -> dict:
-    return {"image_size": image_size, "mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic",
-            "resize_mode": "shortest"}
+    """OpenAI's preprocessing at ``image_size``, as a :class:`~cliplab.preprocess.PreprocessConfig` dict."""
+    return PreprocessConfig(image_size=image_size).to_dict()
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
