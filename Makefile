@@ -1,10 +1,11 @@
 # The two set-up commands of the README: `make demo` (the main job) and `make test`.
-# Both create .venv on first use and install cliplab with everything the tests need.
+# Both create .venv on first use and install cliplab with everything the tests need, and install
+# the openly licensed art the sample corpus is built from (Debian packages and npm tarballs).
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench sources clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,15 +14,20 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+sources:
+	bash scripts/install_corpus_sources.sh
+
+demo: $(STAMP) sources
 	$(VENV)/bin/cliplab demo
 
-test: $(STAMP)
+test: $(STAMP) sources
 	$(PYTHON) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) sources
+	$(PYTHON) -m pip install --quiet -e '.[bench]'
 	$(PYTHON) benchmarks/bench_tokenizer.py
 	$(PYTHON) benchmarks/bench_embed.py
+	$(PYTHON) benchmarks/bench_train_vs_open_clip.py --corpus $${CLIPLAB_HOME:-$$HOME/.cache/cliplab}/corpus
 
 clean:
 	rm -rf $(VENV) out

@@ -97,5 +97,31 @@ def test_classify_needs_two_labels(model_dir, image_files, capsys):
 def test_console_script_help_runs_as_a_process():
     result = subprocess.run([sys.executable, "-m", "cliplab", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for command in ("classify", "embed", "similarity", "convert", "info", "demo"):
+    for command in ("classify", "embed", "similarity", "convert", "info", "train", "eval", "plot-run", "data", "demo"):
         assert command in result.stdout
+
+
+def test_eval_and_plot_run_commands(model_dir, image_files, tmp_path, capsys):
+    items = [{"image": path, "concept": concept, "caption": f"a photo of a {concept}"}
+             for path, concept in zip(image_files, ["cat", "dog", "bus"])]
+    data = tmp_path / "set.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    assert main(["eval", "--model", model_dir, "--zeroshot", str(data), "--retrieval", str(data), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["zeroshot"]["classes"] == 3 and 0 <= results["zeroshot"]["top1"] <= 1
+    assert results["retrieval"]["chance_R@1"] == pytest.approx(1 / 3)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"step": s, "loss": 3.0 / s, "lr": 1e-3, "logit_scale": 14.3 + s} for s in range(1, 6)]
+    records.append({"step": 5, "eval": {"zeroshot": {"top1": 0.2, "top5": 0.5}}})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["plot-run", str(run)]) == 0
+    assert Image.open(run / "curves.png").size[0] > 300
+
+
+def test_train_with_a_bad_config_key_names_it(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("[train]\nstepz = 3\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 1
+    assert "stepz" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,6 +178,86 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import load_config
+    from .train.loop import train
+
+    overrides = list(args.set or [])
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.batch_size is not None:
+        overrides.append(f"train.batch_size={args.batch_size}")
+    config = load_config(args.config, overrides)
+    result = train(config, args.out, resume=args.resume, device=args.device, progress=not args.json)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the first process reports
+        return 0
+    summary = {"out": str(result.out_dir), "steps": result.steps, "seconds": round(result.seconds, 1),
+               "samples_per_second": round(result.samples_per_second, 1), "final_loss": result.final_loss,
+               "eval": result.eval}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.samples_per_second:.0f} samples/s), "
+              f"final loss {result.final_loss:.3f}; model in {Path(args.out) / 'model'}")
+        _print_eval(result.eval)
+    return 0
+
+
+def _print_eval(results: dict) -> None:
+    if "zeroshot" in results:
+        z = results["zeroshot"]
+        print(f"zero-shot over {z['classes']} classes, {z['images']} images: top-1 {z['top1']:.1%} "
+              f"(chance {z['chance_top1']:.2%}), top-5 {z['top5']:.1%} (chance {z['chance_top5']:.2%})")
+    if "retrieval" in results:
+        r = results["retrieval"]
+        print(f"retrieval over {r['pairs']} pairs: " + ", ".join(
+            f"{d} R@{k} {r[f'{d}_R@{k}']:.1%}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10))
+            + f" (chance R@10 {r['chance_R@10']:.2%})")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .templates import get_templates
+    from .train.evaluate import evaluate
+
+    if not (args.zeroshot or args.retrieval):
+        raise CommandError("give --zeroshot FILE and/or --retrieval FILE (JSONL with image and concept/caption)")
+    results = evaluate(_load(args), args.zeroshot or "", args.retrieval or "", get_templates(args.templates))
+    print(json.dumps(results, indent=2)) if args.json else _print_eval(results)
+    return 0
+
+
+def cmd_plot_run(args: argparse.Namespace) -> int:
+    from .plotting import plot_run
+
+    metrics = Path(args.run) / "metrics.jsonl" if Path(args.run).is_dir() else Path(args.run)
+    if not metrics.is_file():
+        raise CommandError(f"{metrics} does not exist: pass a run folder written by `cliplab train`")
+    out = args.out or str(metrics.with_name("curves.png"))
+    plot_run(metrics, out)
+    print(out)
+    return 0
+
+
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    from .train.data import filter_captions, pack_shards, read_pairs
+
+    pairs = read_pairs(args.source)
+    if not args.no_filter:
+        pairs, counts = filter_captions(pairs)
+        print("caption filter removed: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "nothing"))
+    shards = pack_shards(pairs, Path(args.out), samples_per_shard=args.per_shard)
+    print(f"wrote {len(pairs)} pairs into {len(shards)} shards in {args.out}")
+    return 0
+
+
+def cmd_data_sample_corpus(args: argparse.Namespace) -> int:
+    from .train.corpus import build_sample_corpus
+
+    summary = build_sample_corpus(Path(args.out), image_size=args.image_size, limit=args.limit)
+    print(json.dumps(summary.to_dict(), indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -240,6 +321,44 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--gelu", dest="quick_gelu", action="store_false", default=None)
     act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train or fine-tune CLIP from a TOML/YAML config (torchrun for many processes)")
+    p.add_argument("config", help="training config (.toml or .yaml); see recipes/ for examples")
+    p.add_argument("--out", required=True, help="run folder: metrics.jsonl, checkpoints/, model/")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="zero-shot accuracy and retrieval recall of a model on a data set")
+    p.add_argument("--zeroshot", help="JSONL with image + concept (classes: concepts.json beside it, or all concepts)")
+    p.add_argument("--retrieval", help="JSONL with image + caption")
+    p.add_argument("--templates", default="{}|an emoji of {}.|a drawing of {}.|a picture of {}.")
+    p.add_argument("--json", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot-run", help="loss, temperature and evaluation curves of a training run as a PNG")
+    p.add_argument("run", help="run folder (or its metrics.jsonl)")
+    p.add_argument("--out", help="PNG path (default: RUN/curves.png)")
+    p.set_defaults(func=cmd_plot_run)
+
+    p = sub.add_parser("data", help="data sets: pack shards, build the sample corpus")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    q = data_sub.add_parser("pack", help="CSV/TSV/JSONL or a folder of images + .txt captions -> WebDataset shards")
+    q.add_argument("source")
+    q.add_argument("out")
+    q.add_argument("--per-shard", type=int, default=1000)
+    q.add_argument("--no-filter", action="store_true", help="keep empty, numeric and file-name-like captions")
+    q.set_defaults(func=cmd_data_pack)
+    q = data_sub.add_parser("sample-corpus", help="build the offline emoji + Openclipart corpus")
+    q.add_argument("out")
+    q.add_argument("--image-size", type=int, default=96)
+    q.add_argument("--limit", type=int, default=None, help="items per source (for a quick look)")
+    q.set_defaults(func=cmd_data_sample_corpus)
 
     p = sub.add_parser("demo", help="the main job on the built-in default model")
     p.add_argument("--out", default="out/demo", help="folder for the demo's pictures (default: out/demo)")

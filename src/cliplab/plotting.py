@@ -42,3 +42,41 @@ def plot_similarity(similarity: np.ndarray, images: Sequence[Image.Image], texts
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_run(metrics_path: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Training curves from a run's ``metrics.jsonl``: loss and temperature over samples seen, and
+    the held-out evaluations made during the run."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval" in r]
+    if not train:
+        raise ValueError(f"{metrics_path} has no training records")
+    panels = 3 if evals else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
+    steps = [r["step"] for r in train]
+    axes[0].plot(steps, [r["loss"] for r in train], lw=1)
+    axes[0].set(xlabel="step", ylabel="contrastive loss", title="training loss")
+    axes[1].plot(steps, [r["logit_scale"] for r in train], lw=1, color="tab:orange")
+    axes[1].set(xlabel="step", ylabel="exp(logit_scale)", title="temperature (inverse)")
+    if evals:
+        ax = axes[2]
+        eval_steps = [r["step"] for r in evals]
+        for section, key, label in [("zeroshot", "top1", "zero-shot top-1"), ("zeroshot", "top5", "zero-shot top-5"),
+                                    ("retrieval", "text_to_image_R@10", "text→image R@10"),
+                                    ("retrieval", "image_to_text_R@10", "image→text R@10")]:
+            values = [r["eval"].get(section, {}).get(key) for r in evals]
+            if any(v is not None for v in values):
+                ax.plot(eval_steps, values, marker="o", label=label)
+        ax.set(xlabel="step", ylabel="fraction", title="held-out evaluation", ylim=(0, 1))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

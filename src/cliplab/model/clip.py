@@ -58,13 +58,19 @@ class CLIP(nn.Module):
 
     def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Projected (unnormalised) text features ``[N, embed_dim]``, read at each sequence's
-        end-of-text token (the highest id in the vocabulary, hence ``argmax``)."""
-        length = token_ids.shape[1]
-        if length > self.context_length:
-            raise ValueError(f"token sequences of length {length} exceed the context length {self.context_length}")
+        end-of-text token (the highest id in the vocabulary, hence ``argmax``). Positions after the
+        batch's last end token are not computed: the causal mask makes them irrelevant."""
+        if token_ids.shape[1] > self.context_length:
+            raise ValueError(
+                f"token sequences of length {token_ids.shape[1]} exceed the context length {self.context_length}"
+            )
+        eot_positions = token_ids.argmax(dim=-1)
+        # Under the causal mask nothing after the last EOT can affect any EOT feature: drop that padding.
+        length = int(eot_positions.max()) + 1
+        token_ids = token_ids[:, :length]
         x = self.token_embedding(token_ids) + self.positional_embedding[:length].to(self.dtype)
         x = self.ln_final(self.transformer(x, causal=True))
-        eot = x[torch.arange(x.shape[0], device=x.device), token_ids.argmax(dim=-1)]
+        eot = x[torch.arange(x.shape[0], device=x.device), eot_positions]
         return eot @ self.text_projection
 
     def forward(self, pixels: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,14 +29,26 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, quick_gelu)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.patch_dropout = 0.0  # fraction of patch tokens dropped in training (FLIP, Li et al. 2023)
 
     def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Embedded input sequence ``[N, 1 + grid**2, width]`` before the transformer."""
+        """Embedded input sequence ``[N, 1 + grid**2, width]`` before the transformer (fewer
+        patches when patch dropout is active in training)."""
         x = self.conv1(pixels.to(self.conv1.weight.dtype))  # [N, width, grid, grid]
         x = x.flatten(2).transpose(1, 2)  # [N, grid**2, width]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        if self.training and self.patch_dropout > 0:
+            x = self._drop_patches(x)
         return self.ln_pre(x)
+
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Keep the class token and a random subset of patch tokens per image."""
+        n, length, width = x.shape
+        keep = max(1, int((length - 1) * (1 - self.patch_dropout)))
+        kept = torch.rand(n, length - 1, device=x.device).topk(keep, dim=-1).indices + 1
+        patches = x.gather(1, kept.unsqueeze(-1).expand(-1, -1, width))
+        return torch.cat([x[:, :1], patches], dim=1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.transformer(self.tokens(pixels))

@@ -1,0 +1,152 @@
+"""Training configuration: a TOML or YAML file of four sections, overridden by ``key=value`` pairs.
+
+    [model]   arch = "ViT-nano"  (a preset)  or  init_from = "path or name" (fine-tune)
+    [data]    train = [["corpus/train.jsonl", 1.0]]   (sources with weights)
+    [train]   batch_size, steps, lr, ...
+    [eval]    zeroshot = "corpus/zeroshot_test.jsonl", retrieval = "...", every = 500
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ModelSection:
+    arch: str = "ViT-nano"
+    init_from: str = ""  # a checkpoint to fine-tune (any format cliplab reads); overrides arch
+    quick_gelu: bool | None = None  # for bare state dicts in init_from; presets carry their own
+    image_size: int = 0  # 0: the architecture's own
+
+
+@dataclass
+class DataSection:
+    train: list[list[Any]] = field(default_factory=list)  # [[path or shard pattern, weight], ...]
+    caption_filter: bool = True
+    shuffle_buffer: int = 1000
+    resample: bool = False
+    workers: int = 2
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = 128  # per process and micro-batch
+    accum_freq: int = 1  # micro-batches per optimizer step; negatives span all of them
+    steps: int = 1000
+    lr: float = 5e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 100
+    weight_decay: float = 0.2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    grad_clip: float = 0.0  # 0: off
+    precision: str = "bf16"  # bf16 (autocast) or fp32
+    grad_checkpointing: bool = False
+    patch_dropout: float = 0.0
+    lock_image: bool = False
+    lock_text: bool = False
+    loss: str = "clip"  # clip or siglip
+    local_loss: bool = False
+    gather_with_grad: bool = True
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+
+
+@dataclass
+class EvalSection:
+    zeroshot: str = ""  # JSONL of {"image", "concept"}; classes from concepts.json beside it, if any
+    retrieval: str = ""  # JSONL of {"image", "caption"}
+    templates: list[str] = field(default_factory=lambda: ["{}", "an emoji of {}.", "a drawing of {}.",
+                                                          "a picture of {}."])
+    every: int = 0  # steps; 0: only at the end
+    batch_size: int = 256
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    base_dir: str = ""  # relative paths in the file resolve against its folder
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        sections = {"model": ModelSection, "data": DataSection, "train": TrainSection, "eval": EvalSection}
+        unknown = set(data) - set(sections) - {"base_dir"}
+        if unknown:
+            raise ValueError(f"unknown config sections {sorted(unknown)}; expected {sorted(sections)}")
+        built = {}
+        for name, section_cls in sections.items():
+            values = data.get(name, {}) or {}
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            bad = set(values) - known
+            if bad:
+                raise ValueError(f"unknown keys in [{name}]: {sorted(bad)}; known: {sorted(known)}")
+            built[name] = section_cls(**values)
+        config = cls(**built, base_dir=data.get("base_dir", ""))
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        t = self.train
+        if t.precision not in ("bf16", "fp32"):
+            raise ValueError(f"train.precision must be bf16 or fp32, not {t.precision!r}")
+        if t.loss not in ("clip", "siglip"):
+            raise ValueError(f"train.loss must be clip or siglip, not {t.loss!r}")
+        if t.batch_size < 2 or t.accum_freq < 1 or t.steps < 1:
+            raise ValueError("train.batch_size must be >= 2, accum_freq >= 1 and steps >= 1")
+        if t.lock_image and t.lock_text:
+            raise ValueError("locking both towers leaves nothing to train")
+        if not 0 <= t.patch_dropout < 1:
+            raise ValueError(f"train.patch_dropout must be in [0, 1), not {t.patch_dropout}")
+
+    def resolve(self, path: str) -> str:
+        """A path from the config, relative to the config file's folder unless absolute."""
+        if not path or os.path.isabs(path) or not self.base_dir or "://" in path:
+            return path
+        return str(Path(self.base_dir) / path)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values in TOML syntax; bare words are strings)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.steps=100)")
+        data.setdefault(section, {})[name] = _parse_value(value.strip())
+    return data
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> TrainConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ValueError(f"{path}: the config must be .toml or .yaml")
+        data["base_dir"] = str(path.resolve().parent)
+    return TrainConfig.from_dict(apply_overrides(data, overrides or []))

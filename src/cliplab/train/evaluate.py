@@ -1,0 +1,89 @@
+"""Held-out evaluation: zero-shot classification (top-1/top-5 with a prompt ensemble) and
+image<->text retrieval (recall@1/5/10 in both directions), each with its chance level."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..api import Pipeline
+from ..zeroshot import ZeroShotClassifier
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Items of a JSONL file, image paths made absolute against the file's folder."""
+    path = Path(path)
+    items = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+        if "image" not in item:
+            raise ValueError(f"{path}:{number}: no 'image' field")
+        item["image"] = str((path.parent / item["image"]).resolve())
+        items.append(item)
+    return items
+
+
+def _top_k_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Fraction of rows whose target column is among the k highest scores."""
+    target_scores = scores[np.arange(len(targets)), targets]
+    better = (scores > target_scores[:, None]).sum(axis=1)
+    return float(np.mean(better < k))
+
+
+def zeroshot_eval(pipeline: Pipeline, items: Sequence[dict], class_names: Sequence[str] | None = None,
+                  templates: Sequence[str] = ("{}",), batch_size: int = 256) -> dict[str, float]:
+    """Top-1/top-5 accuracy of classifying each item's image among ``class_names`` (default: the
+    distinct ``concept`` values of the items)."""
+    class_names = sorted({item["concept"] for item in items}) if class_names is None else list(class_names)
+    index = {name: i for i, name in enumerate(class_names)}
+    items = [item for item in items if item["concept"] in index]
+    if not items:
+        raise ValueError("no evaluation item has a concept among the class names")
+    classifier = ZeroShotClassifier.from_labels(pipeline, class_names, list(templates))
+    embeddings = pipeline.embed_images([item["image"] for item in items], batch_size=batch_size)
+    scores = embeddings @ classifier.weights.T
+    targets = np.array([index[item["concept"]] for item in items])
+    n_classes = len(class_names)
+    return {"top1": _top_k_hits(scores, targets, 1), "top5": _top_k_hits(scores, targets, 5),
+            "chance_top1": 1 / n_classes, "chance_top5": min(5, n_classes) / n_classes,
+            "classes": n_classes, "images": len(items)}
+
+
+def retrieval_eval(pipeline: Pipeline, items: Sequence[dict], ks: Sequence[int] = (1, 5, 10),
+                   batch_size: int = 256) -> dict[str, float]:
+    """Recall@k for image->text and text->image over paired items (the pair is the only match)."""
+    images = pipeline.embed_images([item["image"] for item in items], batch_size=batch_size)
+    texts = pipeline.embed_texts([item["caption"] for item in items])
+    similarity = images @ texts.T
+    targets = np.arange(len(items))
+    result: dict[str, float] = {"pairs": len(items)}
+    for k in ks:
+        result[f"image_to_text_R@{k}"] = _top_k_hits(similarity, targets, k)
+        result[f"text_to_image_R@{k}"] = _top_k_hits(similarity.T, targets, k)
+        result[f"chance_R@{k}"] = min(k, len(items)) / len(items)
+    return result
+
+
+def class_names_for(zeroshot_path: str | Path) -> list[str] | None:
+    """The class list stored beside a zero-shot set (``concepts.json``), if there is one."""
+    candidate = Path(zeroshot_path).parent / "concepts.json"
+    return json.loads(candidate.read_text()) if candidate.is_file() else None
+
+
+def evaluate(pipeline: Pipeline, zeroshot: str = "", retrieval: str = "", templates: Sequence[str] = ("{}",),
+             batch_size: int = 256) -> dict[str, dict[str, float]]:
+    results = {}
+    if zeroshot:
+        results["zeroshot"] = zeroshot_eval(pipeline, read_jsonl(zeroshot), class_names_for(zeroshot), templates,
+                                            batch_size)
+    if retrieval:
+        results["retrieval"] = retrieval_eval(pipeline, read_jsonl(retrieval), batch_size=batch_size)
+    return results

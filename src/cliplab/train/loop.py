@@ -1,0 +1,203 @@
+"""The training loop, top to bottom: build -> (resume) -> for each step: micro-batches, loss,
+backward, AdamW, clamp the temperature -> log, checkpoint, evaluate -> export the model."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..api import Pipeline, load
+from ..checkpoints import write_checkpoint
+from ..model import CLIP, get_preset
+from ..model.clip import MAX_LOGIT_SCALE
+from ..preprocess import Preprocessor
+from ..tokenizer import Tokenizer
+from .config import TrainConfig
+from .data import DataSpec, make_train_loader
+from .distributed import World, init_world, mean_over_ranks, shutdown
+from .evaluate import evaluate
+from .loss import ClipLoss, SigLipLoss
+from .optim import learning_rate, make_optimizer
+from .state import load_state, restore_rng, save_state
+from .step import ContrastiveHead, accumulated_backward
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    seconds: float
+    samples_per_second: float
+    final_loss: float
+    eval: dict[str, Any] = field(default_factory=dict)
+
+
+def build_model(config: TrainConfig) -> tuple[CLIP, Preprocessor]:
+    if config.model.init_from:
+        pipeline = load(config.resolve(config.model.init_from), device="cpu", quick_gelu=config.model.quick_gelu)
+        return pipeline.model, pipeline.preprocess
+    arch = get_preset(config.model.arch)
+    if config.model.image_size:
+        arch.vision.image_size = config.model.image_size
+    return CLIP(arch), Preprocessor(image_size=arch.vision.image_size)
+
+
+def lock_towers(model: CLIP, lock_image: bool, lock_text: bool) -> None:
+    """LiT-style locking: a locked tower gets no gradient (its BatchNorm statistics stay fixed too)."""
+    for name, param in model.named_parameters():
+        is_image = name.startswith("visual.")
+        if (lock_image and is_image) or (lock_text and not is_image and name != "logit_scale"):
+            param.requires_grad_(False)
+
+
+def set_train_mode(model: CLIP, config: TrainConfig) -> None:
+    model.train()
+    if config.train.lock_image:
+        model.visual.eval()
+
+
+class MetricsLog:
+    """Append-only JSONL of metrics; on resume, lines past the restored step are dropped so the
+    log continues as if the run had never stopped."""
+
+    def __init__(self, path: Path, keep_up_to_step: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
+          progress: bool = True, stop_after_steps: int | None = None) -> TrainResult:
+    """Train (or fine-tune) CLIP as ``config`` says, writing to ``out_dir``:
+    ``metrics.jsonl``, ``checkpoints/latest.pt`` (the resumable state) and ``model/`` (the final
+    model in cliplab's format). ``stop_after_steps`` ends the process's work early (for tests),
+    as a kill would, but cleanly."""
+    out_dir = Path(out_dir)
+    world = init_world(device)
+    cfg = config.train
+    torch.manual_seed(cfg.seed)
+
+    model, preprocess = build_model(config)
+    tokenizer = Tokenizer(context_length=model.context_length)
+    lock_towers(model, cfg.lock_image, cfg.lock_text)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    if hasattr(model.visual, "patch_dropout"):
+        model.visual.patch_dropout = cfg.patch_dropout
+    loss_fn: nn.Module = (SigLipLoss(world.rank, world.size) if cfg.loss == "siglip" else
+                          ClipLoss(cfg.local_loss, cfg.gather_with_grad, world.rank, world.size))
+    if cfg.loss == "siglip" and not config.model.init_from:
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(SigLipLoss.INITIAL_LOGIT_SCALE))
+    model.to(world.device)
+    loss_fn.to(world.device)
+    optimizer = make_optimizer(list(model.named_parameters()) + list(loss_fn.named_parameters()), cfg)
+
+    step = 0
+    state = load_state(out_dir / "checkpoints") if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+        step = state["step"]
+    elif resume and world.is_main:
+        print(f"no training state in {out_dir / 'checkpoints'}: starting a new run")
+
+    head = ContrastiveHead(model)
+    net: nn.Module = head
+    if world.size > 1:
+        net = nn.parallel.DistributedDataParallel(
+            head, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+
+    spec = DataSpec(sources=[(config.resolve(str(src)), float(w)) for src, w in config.data.train],
+                    caption_filter=config.data.caption_filter, shuffle_buffer=config.data.shuffle_buffer,
+                    resample=config.data.resample)
+    batches = iter(make_train_loader(spec, preprocess, tokenizer, cfg.batch_size, rank=world.rank,
+                                     world_size=world.size, seed=cfg.seed, workers=config.data.workers,
+                                     start_batch=step * cfg.accum_freq))
+    use_bf16 = cfg.precision == "bf16"
+
+    def autocast():
+        return torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    log = MetricsLog(out_dir / METRICS_FILE, step, world.is_main)
+    samples_per_step = cfg.batch_size * cfg.accum_freq * world.size
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and world.is_main), unit="step", desc="training")
+    set_train_mode(model, config)
+    start, start_step, loss_value = time.perf_counter(), step, float("nan")
+    evaluation: dict[str, Any] = {}
+
+    while step < cfg.steps:
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro = [tuple(t.to(world.device, non_blocking=True) for t in next(batches)) for _ in range(cfg.accum_freq)]
+        loss = accumulated_backward(net, loss_fn, micro, autocast, ddp=world.size > 1)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        step += 1
+
+        loss_value = float(mean_over_ranks(loss, world))
+        elapsed = time.perf_counter() - start
+        speed = (step - start_step) * samples_per_step / max(elapsed, 1e-9)
+        temperature = float(model.logit_scale.detach().exp())
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", scale=f"{temperature:.1f}",
+                        samples_s=f"{speed:.0f}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log.write({"step": step, "loss": loss_value, "lr": lr, "logit_scale": temperature,
+                       "samples_per_second": speed, "samples": step * samples_per_step, "time": elapsed})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if world.is_main:
+                save_state(out_dir / "checkpoints", step=step, model=model, loss_fn=loss_fn, optimizer=optimizer,
+                           config=config.to_dict())
+        eval_now = step == cfg.steps or (config.eval.every and step % config.eval.every == 0)
+        if eval_now and world.is_main and (config.eval.zeroshot or config.eval.retrieval):
+            evaluation = run_eval(model, preprocess, tokenizer, config, world)
+            log.write({"step": step, "eval": evaluation})
+            set_train_mode(model, config)
+        if stop_after_steps is not None and step >= stop_after_steps:
+            break
+    bar.close()
+
+    seconds = time.perf_counter() - start
+    if world.is_main and step == cfg.steps:
+        model.eval()
+        write_checkpoint(model, out_dir / "model", "cliplab", preprocess.config.to_dict(),
+                         metadata={"trained": True, "steps": step, "samples": step * samples_per_step,
+                                   "train_seconds": round(seconds, 1), "config": config.to_dict(), "eval": evaluation})
+    shutdown(world)
+    return TrainResult(out_dir, step, seconds, (step - start_step) * samples_per_step / max(seconds, 1e-9),
+                       loss_value, evaluation)
+
+
+def run_eval(model: CLIP, preprocess: Preprocessor, tokenizer: Tokenizer, config: TrainConfig,
+             world: World) -> dict[str, Any]:
+    model.eval()
+    pipeline = Pipeline(model, preprocess, tokenizer, device=world.device)
+    return evaluate(pipeline, config.resolve(config.eval.zeroshot), config.resolve(config.eval.retrieval),
+                    config.eval.templates, config.eval.batch_size)
