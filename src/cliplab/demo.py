@@ -48,7 +48,7 @@ def ensure_default_model(corpus: Path, device: str | None = None) -> Path:
         f'eval.zeroshot="{corpus / "zeroshot_test.jsonl"}"',
         f'eval.retrieval="{corpus / "retrieval_test.jsonl"}"',
     ])
-    print(f"training {DEFAULT_MODEL} from {recipe_path()} (first run only; about 10 minutes on 2 cores)")
+    print(f"training {DEFAULT_MODEL} from {recipe_path()} (first run only; about 8 minutes on 2 cores)")
     train(config, run, resume=True, device=device)
     folder.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(run / "model", folder, dirs_exist_ok=True)
