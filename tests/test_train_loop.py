@@ -191,8 +191,16 @@ def test_fine_tuning_starts_from_the_given_checkpoint(shapes_csv, tmp_path):
     assert all(torch.equal(final[k], v) for k, v in start.state_dict().items())
 
 
+def test_resume_with_a_different_data_order_is_refused(shapes_csv, tmp_path):
+    train(load_config(write_config(tmp_path, shapes_csv, steps=2, checkpoint_every=1)), tmp_path / "run",
+          progress=False, stop_after_steps=1)
+    changed = load_config(write_config(tmp_path, shapes_csv, steps=2, checkpoint_every=1, batch_size=4))
+    with pytest.raises(ValueError, match="train.batch_size: 8 -> 4"):
+        train(changed, tmp_path / "run", resume=True, progress=False)
+
+
 def test_torchrun_with_two_processes_trains_and_saves_once(shapes_csv, tmp_path):
-    config = write_config(tmp_path, shapes_csv, steps=3, checkpoint_every=3, local_loss=True)
+    config = write_config(tmp_path, shapes_csv, steps=3, checkpoint_every=3, local_loss=True, accum_freq=2)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                "-m", "cliplab.cli", "train", str(config), "--out", str(tmp_path / "ddp"), "--json"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,

@@ -135,3 +135,16 @@ def test_accumulated_micro_batches_give_the_big_batch_gradient(loss_name):
     assert acc_loss == pytest.approx(big_loss, rel=1e-5)
     for name in big:
         torch.testing.assert_close(acc[name], big[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_ranking_metrics_count_ties_and_nan_as_misses():
+    """A collapsed model (all scores equal) or a diverged one (NaN) must not look perfect."""
+    import numpy as np
+
+    from cliplab.train.evaluate import _top_k_hits
+
+    targets = np.arange(4)
+    assert _top_k_hits(np.zeros((4, 4)), targets, 1) == 0.0
+    assert _top_k_hits(np.full((4, 4), np.nan), targets, 5) == 0.0
+    assert _top_k_hits(np.eye(4), targets, 1) == 1.0
+    assert _top_k_hits(np.zeros((4, 4)), targets, 4) == 1.0  # every column is within the top 4

@@ -7,6 +7,7 @@ searches, and the similarity matrix.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from importlib import resources
@@ -51,7 +52,11 @@ def ensure_default_model(corpus: Path, device: str | None = None) -> Path:
     print(f"training {DEFAULT_MODEL} from {recipe_path()} (first run only; about 8 minutes on 2 cores)")
     train(config, run, resume=True, device=device)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(run / "model", folder, dirs_exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(run / "model", staging)
+    shutil.rmtree(folder, ignore_errors=True)  # a leftover without its config is incomplete
+    os.replace(staging, folder)  # the model appears whole or not at all
     return folder
 
 

@@ -61,6 +61,10 @@ class ZeroShotClassifier:
 
     def classify(self, pipeline: Pipeline, images: Iterable[ImageInput], top_k: int = 5) -> list[list[Prediction]]:
         """Top-k predictions per image, best first."""
+        if self.weights.shape[1] != pipeline.embed_dim:
+            raise ValueError(f"these class embeddings have {self.weights.shape[1]} dimensions (model "
+                             f"{self.model_name or 'unknown'}) but the model embeds into {pipeline.embed_dim}: "
+                             "rebuild the classifier with this model")
         embeddings = pipeline.embed_images(images)
         probs, scores = self.probabilities(embeddings), embeddings @ self.weights.T
         k = min(top_k, len(self.class_names))
@@ -76,10 +80,13 @@ class ZeroShotClassifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ZeroShotClassifier":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), "np") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), "np") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{path} is not a saved cliplab zero-shot classifier ({error})") from None
         if "class_names" not in meta:
             raise ValueError(f"{path} is not a saved cliplab zero-shot classifier")
         weights = load_file(str(Path(path)))["weights"]

@@ -98,6 +98,15 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
+        for section in (self.model, self.data, self.train, self.eval):
+            for f in dataclasses.fields(section):
+                value, default = getattr(section, f.name), f.default
+                if default is dataclasses.MISSING or default is None:
+                    continue
+                expected = (int, float) if type(default) is float else type(default)
+                if not isinstance(value, expected) or (type(default) is not bool and isinstance(value, bool)):
+                    raise ValueError(f"{type(section).__name__.removesuffix('Section').lower()}.{f.name} must be a "
+                                     f"{type(default).__name__}, got {value!r}")
         t = self.train
         if t.precision not in ("bf16", "fp32"):
             raise ValueError(f"train.precision must be bf16 or fp32, not {t.precision!r}")
@@ -105,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"train.loss must be clip or siglip, not {t.loss!r}")
         if t.batch_size < 2 or t.accum_freq < 1 or t.steps < 1:
             raise ValueError("train.batch_size must be >= 2, accum_freq >= 1 and steps >= 1")
+        if t.checkpoint_every < 1 or t.log_every < 1:
+            raise ValueError("train.checkpoint_every and train.log_every must be >= 1 (steps)")
         if t.lock_image and t.lock_text:
             raise ValueError("locking both towers leaves nothing to train")
         if not 0 <= t.patch_dropout < 1:
@@ -141,11 +152,17 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         path = Path(path)
         text = path.read_text()
         if path.suffix == ".toml":
-            data = tomllib.loads(text)
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as error:
+                raise ValueError(f"{path} is not valid TOML: {error}") from None
         elif path.suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text) or {}
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as error:
+                raise ValueError(f"{path} is not valid YAML: {error}") from None
         else:
             raise ValueError(f"{path}: the config must be .toml or .yaml")
         data["base_dir"] = str(path.resolve().parent)

@@ -77,7 +77,7 @@ SPLITS = ("train", "zeroshot_test", "retrieval_test")
 INSTALL_SCRIPT_NAME = "scripts/install_corpus_sources.sh"
 
 
-class CorpusSourcesError(RuntimeError):
+class CorpusSourcesError(FileNotFoundError):
     """The art the corpus is built from is not installed (and could not be)."""
 
 

@@ -32,10 +32,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def _top_k_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """Fraction of rows whose target column is among the k highest scores."""
+    """Fraction of rows whose target column is among the k highest scores. Ties count against the
+    target and rows with non-finite scores are misses, so a collapsed or diverged model scores 0."""
     target_scores = scores[np.arange(len(targets)), targets]
-    better = (scores > target_scores[:, None]).sum(axis=1)
-    return float(np.mean(better < k))
+    at_least_as_good = (scores >= target_scores[:, None]).sum(axis=1) - 1
+    hits = (at_least_as_good < k) & np.isfinite(scores).all(axis=1)
+    return float(np.mean(hits))
 
 
 def zeroshot_eval(pipeline: Pipeline, items: Sequence[dict], class_names: Sequence[str] | None = None,

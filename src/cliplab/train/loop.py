@@ -109,14 +109,15 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, device
     loss_fn.to(world.device)
     optimizer = make_optimizer(list(model.named_parameters()) + list(loss_fn.named_parameters()), cfg)
 
-    step = 0
+    step, prior_seconds, evaluation = 0, 0.0, {}
     state = load_state(out_dir / "checkpoints") if resume else None
     if state is not None:
+        check_resumable(state["config"], config.to_dict(), out_dir)
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"])
-        step = state["step"]
+        step, prior_seconds, evaluation = state["step"], state.get("train_seconds", 0.0), state.get("eval", {})
     elif resume and world.is_main:
         print(f"no training state in {out_dir / 'checkpoints'}: starting a new run")
 
@@ -145,7 +146,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, device
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and world.is_main), unit="step", desc="training")
     set_train_mode(model, config)
     start, start_step, loss_value = time.perf_counter(), step, float("nan")
-    evaluation: dict[str, Any] = {}
 
     while step < cfg.steps:
         lr = learning_rate(step, cfg)
@@ -154,7 +154,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, device
         micro = [tuple(t.to(world.device, non_blocking=True) for t in next(batches)) for _ in range(cfg.accum_freq)]
         loss = accumulated_backward(net, loss_fn, micro, autocast, ddp=world.size > 1)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -170,29 +170,51 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, device
                         samples_s=f"{speed:.0f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
             log.write({"step": step, "loss": loss_value, "lr": lr, "logit_scale": temperature,
-                       "samples_per_second": speed, "samples": step * samples_per_step, "time": elapsed})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            if world.is_main:
-                save_state(out_dir / "checkpoints", step=step, model=model, loss_fn=loss_fn, optimizer=optimizer,
-                           config=config.to_dict())
+                       "samples_per_second": speed, "samples": step * samples_per_step,
+                       "time": prior_seconds + elapsed})
         eval_now = step == cfg.steps or (config.eval.every and step % config.eval.every == 0)
         if eval_now and world.is_main and (config.eval.zeroshot or config.eval.retrieval):
             evaluation = run_eval(model, preprocess, tokenizer, config, world)
             log.write({"step": step, "eval": evaluation})
             set_train_mode(model, config)
+        if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and world.is_main:
+            save_state(out_dir / "checkpoints", step=step, model=model, loss_fn=loss_fn, optimizer=optimizer,
+                       config=config.to_dict(), train_seconds=prior_seconds + time.perf_counter() - start,
+                       evaluation=evaluation)
         if stop_after_steps is not None and step >= stop_after_steps:
             break
     bar.close()
 
     seconds = time.perf_counter() - start
-    if world.is_main and step == cfg.steps:
+    finished_now = step == cfg.steps and (step > start_step or not (out_dir / "model").is_dir())
+    if world.is_main and finished_now:
         model.eval()
         write_checkpoint(model, out_dir / "model", "cliplab", preprocess.config.to_dict(),
                          metadata={"trained": True, "steps": step, "samples": step * samples_per_step,
-                                   "train_seconds": round(seconds, 1), "config": config.to_dict(), "eval": evaluation})
+                                   "train_seconds": round(prior_seconds + seconds, 1), "config": config.to_dict(),
+                                   "eval": evaluation})
     shutdown(world)
     return TrainResult(out_dir, step, seconds, (step - start_step) * samples_per_step / max(seconds, 1e-9),
                        loss_value, evaluation)
+
+
+# Settings that fix the model and the data order: a resumed run must share them with the saved state.
+RESUME_KEYS = {"model": ("arch", "init_from", "quick_gelu", "image_size"),
+               "data": ("train", "caption_filter", "shuffle_buffer", "resample"),
+               "train": ("batch_size", "accum_freq", "seed", "loss", "lock_image", "lock_text")}
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
+    """Refuse to resume a run whose state was written under a different model or data order."""
+    differences = []
+    for section, keys in RESUME_KEYS.items():
+        for key in keys:
+            before, now = saved.get(section, {}).get(key), current.get(section, {}).get(key)
+            if before != now:
+                differences.append(f"{section}.{key}: {before!r} -> {now!r}")
+    if differences:
+        raise ValueError(f"cannot resume {out_dir}: its saved state used other settings ({'; '.join(differences)}). "
+                         "Resume with the same config, or train into a new --out folder.")
 
 
 def run_eval(model: CLIP, preprocess: Preprocessor, tokenizer: Tokenizer, config: TrainConfig,

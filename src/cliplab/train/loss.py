@@ -19,7 +19,8 @@ def gather_features(features: torch.Tensor, rank: int, world_size: int, with_gra
 
     ``with_grad``: gradients flow back to the rank that produced each row (all_gather's backward
     sums them there). Without it, other ranks' rows are constants and only the local rows carry
-    gradient, as in the original CLIP implementation.
+    gradient, as in the original CLIP implementation; under DDP's averaging that scales the
+    gradient by 1/world_size (as OpenCLIP does), which AdamW is insensitive to.
     """
     if world_size == 1:
         return features

@@ -18,9 +18,11 @@ STATE_FILE = "latest.pt"
 
 
 def rng_state() -> dict[str, Any]:
+    """The RNG states training draws from. Only rank 0 saves; every rank is seeded alike and draws
+    alike, so rank 0's CPU state and its current-device CUDA state stand for all ranks."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -29,7 +31,7 @@ def restore_rng(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -48,10 +50,13 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def save_state(folder: Path, *, step: int, model: torch.nn.Module, loss_fn: torch.nn.Module,
-               optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> Path:
+               optimizer: torch.optim.Optimizer, config: dict[str, Any], train_seconds: float,
+               evaluation: dict[str, Any]) -> Path:
     path = folder / STATE_FILE
     atomic_torch_save({
         "step": step,
+        "train_seconds": train_seconds,
+        "eval": evaluation,
         "model": model.state_dict(),
         "loss": loss_fn.state_dict(),
         "optimizer": optimizer.state_dict(),

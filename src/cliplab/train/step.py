@@ -31,7 +31,10 @@ def accumulated_backward(net: nn.Module, loss_fn: nn.Module, micro_batches: list
     every other). First embed every micro-batch without gradient and cache the features; then, for
     each micro-batch, recompute its features with gradient, put them among the cached ones and
     backpropagate the full loss. Summed, those backward passes give the big batch's gradient.
-    The temperature (and SigLIP's bias) enter every pass, so only the first pass lets them learn."""
+    The temperature (and SigLIP's bias) enter every pass, so only the last pass lets them learn:
+    under DDP that is the pass whose gradients are synchronised.
+    (Random patch dropout draws different masks in the cached and the recomputed forward, as in
+    OpenCLIP; without it the sum is exact.)"""
     if len(micro_batches) == 1:
         with autocast():
             image, text, scale = net(*micro_batches[0])
@@ -41,13 +44,14 @@ def accumulated_backward(net: nn.Module, loss_fn: nn.Module, micro_batches: list
 
     with autocast(), torch.no_grad():
         cached = [net(pixels, tokens)[:2] for pixels, tokens in micro_batches]
+    last = len(micro_batches) - 1
     for j, (pixels, tokens) in enumerate(micro_batches):
-        sync = contextlib.nullcontext() if not ddp or j == len(micro_batches) - 1 else net.no_sync()
+        sync = contextlib.nullcontext() if not ddp or j == last else net.no_sync()
         with sync:
             with autocast():
                 image_j, text_j, scale = net(pixels, tokens)
             images = torch.cat([image_j if i == j else c[0] for i, c in enumerate(cached)])
             texts = torch.cat([text_j if i == j else c[1] for i, c in enumerate(cached)])
-            loss = loss_fn(images, texts, scale if j == 0 else scale.detach(), learn_bias=j == 0)
+            loss = loss_fn(images, texts, scale if j == last else scale.detach(), learn_bias=j == last)
             loss.backward()
     return loss.detach()

@@ -822,6 +822,9 @@ def make_train_loader(
         "num_workers": workers,
         "pin_memory": torch.cuda.is_available(),
         "persistent_workers": workers > 0,  # re-iterating does not respawn workers
+        # Worker seeds come from a generator of the loader's own, so creating the loader never
+        # consumes the global RNG that a resumed training run has just restored.
+        "generator": torch.Generator().manual_seed(seed),
     }
     if "in_order" in inspect.signature(DataLoader.__init__).parameters:  # torch >= 2.6
         options["in_order"] = True  # round-robin over workers: the order the datasets rely on
