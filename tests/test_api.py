@@ -98,3 +98,13 @@ def test_pipeline_save_keeps_preprocessing(clip, tmp_path):
     clip.save(tmp_path / "again")
     again = cliplab.load(tmp_path / "again", device="cpu")
     assert again.preprocess.config == clip.preprocess.config
+
+
+def test_embed_texts_grouped_by_length_keeps_input_order(clip):
+    """Length grouping changes only which texts share a batch, never a result or its position."""
+    texts = ["a cat", "a very long description of a small grey cat sitting on a red sofa in the sun", "dog",
+             "", "two dogs running across a frosty field", "x " * 60]
+    grouped = clip.embed_texts(texts, batch_size=2)
+    one_by_one = np.concatenate([clip.embed_texts([t]) for t in texts])
+    np.testing.assert_allclose(grouped, one_by_one, atol=1e-5)
+    assert clip.embed_texts([]).shape == (0, clip.embed_dim)

@@ -90,15 +90,23 @@ class Pipeline:
         return out
 
     def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
-        """L2-normalised embeddings ``[N, embed_dim]`` of texts."""
+        """L2-normalised embeddings ``[N, embed_dim]`` of texts, in input order.
+
+        Texts are batched by token length, so each batch is computed only up to its own longest
+        text (the text tower stops at the batch's last end token): short texts cost what they are.
+        """
         texts = [texts] if isinstance(texts, str) else list(texts)
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self.tokenize(texts)
+        order = torch.argsort(ids.argmax(dim=-1), stable=True)  # by end-token position
         bar = tqdm(total=len(texts), unit="text", disable=not progress, desc="embedding texts")
         for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
-            features = self.encode_text(self.tokenize(chunk))
-            out[start:start + len(chunk)] = F.normalize(features.float(), dim=-1).cpu().numpy()
-            bar.update(len(chunk))
+            rows = order[start:start + batch_size]
+            features = self.encode_text(ids[rows])
+            out[rows.numpy()] = F.normalize(features.float(), dim=-1).cpu().numpy()
+            bar.update(len(rows))
         bar.close()
         return out
 
