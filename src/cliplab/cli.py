@@ -24,16 +24,20 @@ class CommandError(Exception):
     """A user-facing failure: printed without a traceback, exit status 1."""
 
 
+def _activation_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    act = parser.add_mutually_exclusive_group()
+    act.add_argument("--gelu", dest="quick_gelu", action="store_false", default=None,
+                     help="the checkpoint uses GELU (for bare state dicts that do not record it)")
+    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true",
+                     help="the checkpoint uses QuickGELU (OpenAI's weights)")
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=None,
                        help="checkpoint path or name (default: cliplab-mini; e.g. ./ckpt, ViT-B-32/openai)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    act = group.add_mutually_exclusive_group()
-    act.add_argument("--gelu", dest="quick_gelu", action="store_false", default=None,
-                     help="the checkpoint uses GELU (for bare state dicts that do not record it)")
-    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true",
-                     help="the checkpoint uses QuickGELU (OpenAI's weights)")
+    _activation_args(group)
 
 
 def _load(args: argparse.Namespace):
@@ -88,15 +92,13 @@ def _write_embeddings(path: Path, ids: list[str], vectors: np.ndarray) -> None:
     if path.suffix == ".npy":
         np.save(path, vectors)
         path.with_suffix(".ids.txt").write_text("\n".join(i.replace("\n", " ") for i in ids) + "\n")
-    elif path.suffix == ".parquet":
+    else:  # .parquet (cmd_embed has checked the suffix)
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(
             pa.array(vectors.reshape(-1)), vectors.shape[1])})
         pq.write_table(table, path)
-    else:
-        raise CommandError(f"--out must end in .npy or .parquet, got {path.name}")
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -309,17 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="output folder (a .pt file for --to openai)")
     p.add_argument("--to", choices=FORMATS, default="cliplab")
     p.add_argument("--json", action="store_true")
-    act = p.add_mutually_exclusive_group()
-    act.add_argument("--gelu", dest="quick_gelu", action="store_false", default=None)
-    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true")
+    _activation_args(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="describe a checkpoint: format, architecture, parameters")
     p.add_argument("checkpoint")
     p.add_argument("--json", action="store_true")
-    act = p.add_mutually_exclusive_group()
-    act.add_argument("--gelu", dest="quick_gelu", action="store_false", default=None)
-    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true")
+    _activation_args(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train", help="train or fine-tune CLIP from a TOML/YAML config (torchrun for many processes)")

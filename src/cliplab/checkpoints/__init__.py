@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 
 from ..model.clip import CLIP
 from ..model.configs import CLIPConfig
@@ -116,7 +115,3 @@ def write_checkpoint(model: CLIP, dest: str | os.PathLike, format: str = "clipla
     else:
         raise ValueError(f"unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}")
     return dest
-
-
-def state_dict_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
-    return next(v.dtype for v in state_dict.values() if v.is_floating_point())

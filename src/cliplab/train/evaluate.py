@@ -11,23 +11,18 @@ import numpy as np
 
 from ..api import Pipeline
 from ..zeroshot import ZeroShotClassifier
+from .data.pairs import read_jsonl_records
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """Items of a JSONL file, image paths made absolute against the file's folder."""
     path = Path(path)
-    items = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+    with open(path, encoding="utf-8") as f:
+        items = read_jsonl_records(f, path)
+    for number, item in enumerate(items, start=1):
         if "image" not in item:
-            raise ValueError(f"{path}:{number}: no 'image' field")
+            raise ValueError(f"{path}: item {number} has no 'image' field")
         item["image"] = str((path.parent / item["image"]).resolve())
-        items.append(item)
     return items
 
 
@@ -41,16 +36,22 @@ def _top_k_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
 
 
 def zeroshot_eval(pipeline: Pipeline, items: Sequence[dict], class_names: Sequence[str] | None = None,
-                  templates: Sequence[str] = ("{}",), batch_size: int = 256) -> dict[str, float]:
+                  templates: Sequence[str] = ("{}",), batch_size: int = 256,
+                  image_embeddings: np.ndarray | None = None) -> dict[str, float]:
     """Top-1/top-5 accuracy of classifying each item's image among ``class_names`` (default: the
-    distinct ``concept`` values of the items)."""
+    distinct ``concept`` values of the items). ``image_embeddings`` (one row per item) skips
+    embedding the images again when the caller already has them."""
     class_names = sorted({item["concept"] for item in items}) if class_names is None else list(class_names)
     index = {name: i for i, name in enumerate(class_names)}
-    items = [item for item in items if item["concept"] in index]
-    if not items:
+    known = [i for i, item in enumerate(items) if item["concept"] in index]
+    if not known:
         raise ValueError("no evaluation item has a concept among the class names")
+    items = [items[i] for i in known]
     classifier = ZeroShotClassifier.from_labels(pipeline, class_names, list(templates))
-    embeddings = pipeline.embed_images([item["image"] for item in items], batch_size=batch_size)
+    if image_embeddings is None:
+        embeddings = pipeline.embed_images([item["image"] for item in items], batch_size=batch_size)
+    else:
+        embeddings = image_embeddings[known]
     scores = embeddings @ classifier.weights.T
     targets = np.array([index[item["concept"]] for item in items])
     n_classes = len(class_names)

@@ -123,6 +123,22 @@ def _caption_text(value: Any) -> str:
     return str(value).strip()
 
 
+def read_jsonl_records(lines: Iterable[str], path: PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL stream (blank lines skipped); errors name ``path:line``."""
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: invalid JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records
+
+
 def _read_table(path: Path, image_column: str | None, caption_column: str | None) -> list[Pair]:
     base = path.parent
     suffix = path.suffix.lower()
@@ -131,17 +147,7 @@ def _read_table(path: Path, image_column: str | None, caption_column: str | None
     no_image = 0
     with open(path, encoding="utf-8-sig", newline="") as f:
         if suffix in _JSONL_SUFFIXES:
-            records = []
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON: {exc}") from exc
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-                records.append(record)
+            records = read_jsonl_records(f, path)
             if not records:
                 return []
             names: list[str] = []
