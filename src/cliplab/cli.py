@@ -260,6 +260,84 @@ def cmd_data_sample_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from .index import index_paths
+
+    if not args.paths and not args.captions:
+        raise CommandError("nothing to index: give image folders/files and/or --captions FILE")
+    pipeline = _load(args)
+    if args.ray:
+        from .index.distributed import index_with_ray
+
+        report = index_with_ray(pipeline, args.store, args.paths, address=args.ray, captions=args.captions,
+                                batch_size=args.batch_size, progress=not args.json)
+    else:
+        report = index_paths(pipeline, args.store, args.paths, captions=args.captions, batch_size=args.batch_size,
+                             workers=args.workers, progress=not args.json, wait=args.wait)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"{report.store}: {report.total_images} images, {report.total_texts} texts "
+          f"(embedded {report.embedded} images at {report.images_per_second:.1f}/s and {report.texts_embedded} texts; "
+          f"{report.unchanged} unchanged, {report.touched} touched, {report.deleted} removed) in {report.seconds:.1f} s")
+    if report.failed or report.known_failures:
+        print(f"skipped {len(report.failed)} unreadable file(s) this run"
+              + (f", {report.known_failures} known from earlier runs" if report.known_failures else "")
+              + " (`cliplab search STORE --failures` lists them):")
+        for failure in report.failed[:20]:
+            print(f"  {failure['path']}: {failure['reason']}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .index import Searcher
+
+    given = sum(x is not None for x in (args.query, args.image, args.id))
+    if args.failures:
+        from .index import Store
+
+        with Store(args.store) as store:
+            failures = store.failures()
+        print(json.dumps(failures, indent=2) if args.json else
+              "\n".join(f"{f['path']}: {f['reason']}" for f in failures) or "no failures recorded")
+        return 0
+    if given != 1:
+        raise CommandError("give exactly one query: TEXT, --image FILE or --id N")
+    if args.image is not None:
+        _check_files([args.image])
+    with Searcher(_load(args), args.store) as searcher:
+        if args.query is not None:
+            hits, title = searcher.text(args.query, args.k, args.target), args.query
+        elif args.image is not None:
+            hits, title = searcher.image(args.image, args.k, args.target), f"like {args.image}"
+        else:
+            hits, title = searcher.item(args.id, args.k, args.target), f"like item {args.id}"
+    if args.html:
+        from .index.contact_sheet import render_contact_sheet
+
+        Path(args.html).write_text(render_contact_sheet(title, hits), encoding="utf-8")
+    if args.json:
+        print(json.dumps({"query": title, "target": args.target, "hits": [h.to_dict() for h in hits]}, indent=2))
+        return 0
+    for hit in hits:
+        what = hit.item.path if hit.item.kind == "image" else repr(hit.item.caption)
+        print(f"{hit.rank:>3}  {hit.score:6.3f}  {hit.item.kind:<5} {hit.item.id:>7}  {what}")
+    if args.html:
+        print(f"contact sheet: {args.html}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeSettings, run_server
+
+    token = args.token or os.environ.get("CLIPLAB_API_TOKEN")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token and not args.no_token:
+        raise CommandError(f"serving on {args.host} exposes the store to the network: set --token (or "
+                           "CLIPLAB_API_TOKEN) so clients must authenticate, or pass --no-token to allow anyone")
+    run_server(_load(args), args.store, ServeSettings(host=args.host, port=args.port, token=token))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -358,6 +436,45 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=None, help="items per source (for a quick look)")
     q.set_defaults(func=cmd_data_sample_corpus)
 
+    p = sub.add_parser("index", help="embed image folders and captions into a searchable store (incremental)",
+                       description="Embed every image under PATHs (recursive; JPEG, PNG, WebP, GIF, BMP, TIFF) and "
+                                   "the texts of --captions into STORE. Re-running embeds only new and changed "
+                                   "files and removes deleted ones. Unreadable files are skipped and recorded.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image folders or files")
+    p.add_argument("--store", required=True, help="store folder (created on first use)")
+    p.add_argument("--captions", help="CSV (id,text) or JSONL ({'id', 'text'}) of texts to index too")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1, at least 1)")
+    p.add_argument("--wait", action="store_true", help="if another indexer holds the store, wait instead of failing")
+    p.add_argument("--ray", metavar="ADDRESS", help="decode and embed on a Ray cluster (an address, or 'auto')")
+    p.add_argument("--json", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search a store by text, by image or by a stored item",
+                       description="Nearest stored items to a text, an image or a stored item, in cosine similarity.")
+    p.add_argument("store", help="store folder made by `cliplab index`")
+    p.add_argument("query", nargs="?", help="a text query")
+    p.add_argument("--image", help="search by an example image")
+    p.add_argument("--id", type=int, help="search by a stored item's id")
+    p.add_argument("--target", choices=("image", "text", "all"), default="image",
+                   help="what to find: images (default), texts, or both")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--html", help="also write a contact sheet with thumbnails and scores to this HTML file")
+    p.add_argument("--failures", action="store_true", help="list the files the indexer skipped, with reasons")
+    p.add_argument("--json", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="HTTP search service and web page for a store (FastAPI + uvicorn)")
+    p.add_argument("store", help="store folder made by `cliplab index`")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require this API token (header 'Authorization: Bearer TOKEN' or ?token=)")
+    p.add_argument("--no-token", action="store_true", help="allow serving beyond localhost without a token")
+    _model_args(p)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("demo", help="the main job on the built-in default model")
     p.add_argument("--out", default="out/demo", help="folder for the demo's pictures (default: out/demo)")
     p.add_argument("--device", default=None)
@@ -367,12 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoints import CheckpointError
+    from .index.store import StoreError
     from .preprocess import ImageLoadError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CommandError, CheckpointError, ImageLoadError, ValueError, FileNotFoundError, KeyError) as error:
+    except (CommandError, CheckpointError, ImageLoadError, StoreError, ValueError, FileNotFoundError,
+            KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"cliplab {args.command}: error: {message}", file=sys.stderr)
         return 1

@@ -1,0 +1,16 @@
+"""Search across images and texts: a persistent, incremental store of embeddings and its indexes.
+
+* :mod:`cliplab.index.store`: the SQLite store (vectors + metadata, crash-safe, one writer);
+* :mod:`cliplab.index.scan`: what a run must do (new, changed, deleted files; captions);
+* :mod:`cliplab.index.indexer`: ``cliplab index`` (decoding in worker processes, batch commits);
+* :mod:`cliplab.index.ann`: FAISS exact and IVF indexes, tuned and kept up to date;
+* :mod:`cliplab.index.search`: :class:`Searcher`, queries in every direction;
+* :mod:`cliplab.index.distributed`: the Ray path for millions of images.
+"""
+
+from .indexer import IndexReport, index_paths, model_identity
+from .search import Hit, Searcher
+from .store import ModelMismatchError, Store, StoreError, StoreLockedError
+
+__all__ = ["Hit", "IndexReport", "ModelMismatchError", "Searcher", "Store", "StoreError", "StoreLockedError",
+           "index_paths", "model_identity"]

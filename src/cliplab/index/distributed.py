@@ -1,0 +1,142 @@
+"""Indexing on a Ray cluster: Ray Data reads, decodes and embeds the files across the cluster's
+nodes and writes embedding shards (Parquet); the store then ingests the shards, one transaction per
+shard. The store itself stays on the machine that runs ``cliplab index --ray``.
+
+The image files must be readable at the same paths on every node (a shared or network filesystem),
+as for any Ray Data job reading local files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .indexer import FileEntry, ImageFiles, IndexReport, _embed_texts, model_identity
+from .scan import find_images, make_plan, read_captions
+from .store import NewItem, Store
+
+
+class _EmbedFiles:
+    """A Ray Data actor: decodes and embeds batches of files with its own copy of the pipeline."""
+
+    def __init__(self, pipeline_ref):
+        import ray
+        import torch
+
+        torch.set_num_threads(max(1, int(os.environ.get("CLIPLAB_RAY_THREADS", "1"))))
+        self.pipeline = ray.get(pipeline_ref) if isinstance(pipeline_ref, ray.ObjectRef) else pipeline_ref
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+        import torch.nn.functional as F
+
+        entries = [FileEntry(str(k), int(s), int(m)) for k, s, m in zip(batch["key"], batch["size"], batch["mtime_ns"])]
+        files = ImageFiles(entries, self.pipeline.preprocess)
+        decoded = [files[i] for i in range(len(files))]
+        good = [d for d in decoded if d.pixels is not None]
+        dim = self.pipeline.embed_dim
+        vectors = np.zeros((len(decoded), dim), dtype=np.float32)
+        if good:
+            with torch.inference_mode():
+                features = self.pipeline.encode_image(torch.stack([d.pixels for d in good]))
+            rows = [i for i, d in enumerate(decoded) if d.pixels is not None]
+            vectors[rows] = F.normalize(features.float(), dim=-1).cpu().numpy()
+        return {
+            "key": [d.entry.key for d in decoded],
+            "size": [d.entry.size for d in decoded],
+            "mtime_ns": [d.entry.mtime_ns for d in decoded],
+            "sha256": [d.sha256 or "" for d in decoded],
+            "error": [d.error or "" for d in decoded],
+            "vector": list(vectors),
+        }
+
+
+def embed_on_ray(pipeline, entries: Sequence[FileEntry], shard_dir: Path, batch_size: int = 64,
+                 actors: int | None = None) -> list[Path]:
+    """Run the Ray Data job over ``entries`` and return the Parquet shards it wrote."""
+    import ray
+
+    resources = ray.cluster_resources()
+    actors = actors or max(1, int(resources.get("CPU", 1)))
+    dataset = ray.data.from_items([{"key": e.key, "size": e.size, "mtime_ns": e.mtime_ns} for e in entries])
+    embedded = dataset.map_batches(_EmbedFiles, fn_constructor_kwargs={"pipeline_ref": ray.put(pipeline)},
+                                   batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
+                                       size=actors), num_cpus=1)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    embedded.write_parquet(str(shard_dir))
+    return sorted(shard_dir.glob("*.parquet"))
+
+
+def ingest_shards(store: Store, shards: Sequence[Path], report: IndexReport) -> None:
+    """Commit embedding shards into the store, one transaction per shard (re-ingesting is harmless)."""
+    stored = store.file_states()
+    for shard in shards:
+        table = pq.read_table(shard).to_pydict()
+        items, failures = [], []
+        for key, size, mtime_ns, sha, error, vector in zip(table["key"], table["size"], table["mtime_ns"],
+                                                           table["sha256"], table["error"], table["vector"]):
+            if error:
+                failures.append((key, key, size, mtime_ns, error))
+            elif key in stored and stored[key][3] == sha:
+                store.touch(key, size, mtime_ns)
+                report.touched += 1
+            else:
+                items.append(NewItem(key, "image", np.asarray(vector, np.float32), path=key, size=size,
+                                     mtime_ns=mtime_ns, sha256=sha))
+        store.put(items, failures)
+        report.embedded += len(items)
+        report.failed += [{"path": key, "reason": reason} for key, _, _, _, reason in failures]
+
+
+def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike] = (),
+                   address: str = "auto", captions: str | os.PathLike | None = None, batch_size: int = 64,
+                   progress: bool = True, actors: int | None = None) -> IndexReport:
+    """:func:`cliplab.index.index_paths` with decoding and image embedding on a Ray cluster.
+
+    ``address``: a cluster address (``ray://head:10001`` or ``head:6379``), ``auto`` for the cluster
+    this machine belongs to, or ``local`` to start a Ray instance on this machine.
+    """
+    import ray
+
+    from .ann import refresh_indexes
+
+    started = time.perf_counter()
+    identity = model_identity(pipeline)
+    store = Store.create(store_dir, identity) if not (Path(store_dir) / "store.sqlite").exists() \
+        else Store(store_dir, writer=True)
+    with store:
+        store.check_model(identity)
+        caption_pairs = read_captions(captions) if captions else []
+        plan = make_plan(find_images(roots), store.file_states(), store.failure_states(), roots, caption_pairs,
+                         store.text_states())
+        report = IndexReport(store=str(store.root), unchanged=plan.unchanged, known_failures=plan.known_failures,
+                             texts_unchanged=plan.texts_unchanged)
+        if plan.deleted:
+            store.put([], delete_keys=plan.deleted)
+            report.deleted = len(plan.deleted)
+        _embed_texts(pipeline, store, plan.texts, batch_size * 4, progress, report)
+        if plan.to_embed:
+            started_ray = not ray.is_initialized()
+            if started_ray:
+                ray.init(address=None if address == "local" else address, log_to_driver=False,
+                         include_dashboard=False)
+            shard_dir = store.root / "shards" / f"run-{int(time.time() * 1000)}"
+            try:
+                embed_started = time.perf_counter()
+                shards = embed_on_ray(pipeline, plan.to_embed, shard_dir, batch_size, actors)
+                ingest_shards(store, shards, report)
+                report.images_per_second = report.embedded / (time.perf_counter() - embed_started)
+            finally:
+                shutil.rmtree(shard_dir, ignore_errors=True)
+                if started_ray:
+                    ray.shutdown()
+        report.total_images, report.total_texts = store.count("image"), store.count("text")
+        refresh_indexes(store)
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,191 @@
+"""``cliplab index``: bring a store up to date with image folders and a captions file.
+
+Decoding runs in worker processes (a torch ``DataLoader``) while the main process embeds the previous
+batch, so reading files overlaps inference. Each embedded batch is committed as one transaction: a run
+killed at any moment keeps every batch it had committed, and the next run continues from there.
+Files that cannot be read are recorded with the reason and skipped; the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..preprocess import ImageLoadError, Preprocessor, load_image
+from .scan import FileEntry, find_images, make_plan, read_captions
+from .store import ModelIdentity, NewItem, Store
+
+
+def model_identity(pipeline) -> ModelIdentity:
+    """The model's name and a fingerprint of its weights and preprocessing (cached on the pipeline)."""
+    cached = getattr(pipeline, "_identity", None)
+    if cached is not None:
+        return cached
+    state = pipeline.checkpoint.state_dict if pipeline.checkpoint is not None else pipeline.model.state_dict()
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps(pipeline.preprocess.config.to_dict(), sort_keys=True).encode())
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu", torch.float32).contiguous()
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    identity = ModelIdentity(pipeline.name or "unnamed", digest.hexdigest(), pipeline.embed_dim)
+    pipeline._identity = identity
+    return identity
+
+
+@dataclass
+class DecodedFile:
+    """What a worker hands back for one file: the pixels, or why there are none."""
+
+    entry: FileEntry
+    sha256: str | None
+    pixels: torch.Tensor | None
+    error: str | None
+
+
+class ImageFiles(Dataset):
+    """Reads, hashes and preprocesses image files; never raises for a bad file."""
+
+    def __init__(self, entries: Sequence[FileEntry], preprocess: Preprocessor):
+        self.entries = list(entries)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> DecodedFile:
+        entry = self.entries[index]
+        try:
+            data = Path(entry.key).read_bytes()
+        except OSError as error:
+            return DecodedFile(entry, None, None, f"cannot read: {error.strerror or error}")
+        sha = hashlib.sha256(data).hexdigest()
+        buffer = io.BytesIO(data)
+        buffer.name = entry.key  # names the file in error messages
+        try:
+            pixels = self.preprocess(load_image(buffer))
+        except (ImageLoadError, ValueError, OSError) as error:
+            return DecodedFile(entry, sha, None, str(error))
+        except MemoryError:
+            return DecodedFile(entry, sha, None, "out of memory while decoding")
+        return DecodedFile(entry, sha, pixels, None)
+
+
+def _keep_list(batch: list[DecodedFile]) -> list[DecodedFile]:
+    return batch
+
+
+@dataclass
+class IndexReport:
+    """What one run did (printed by ``cliplab index``, returned by :func:`index_paths`)."""
+
+    store: str
+    embedded: int = 0
+    unchanged: int = 0
+    touched: int = 0
+    deleted: int = 0
+    failed: list[dict] = field(default_factory=list)
+    known_failures: int = 0
+    texts_embedded: int = 0
+    texts_unchanged: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    total_images: int = 0
+    total_texts: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_workers() -> int:
+    """Decoding processes: one per core beyond the first, at least one."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def index_paths(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike] = (),
+                captions: str | os.PathLike | None = None, batch_size: int = 64, workers: int | None = None,
+                progress: bool = True, wait: bool = False, update_ann: bool = True) -> IndexReport:
+    """Embed new and changed images under ``roots`` (and the texts of ``captions``) into the store at
+    ``store_dir``, creating it if needed; remove deleted files. Returns an :class:`IndexReport`."""
+    from .ann import refresh_indexes
+
+    started = time.perf_counter()
+    identity = model_identity(pipeline)
+    store = Store.create(store_dir, identity) if not (Path(store_dir) / "store.sqlite").exists() \
+        else Store(store_dir, writer=True, wait=wait)
+    with store:
+        store.check_model(identity)
+        files = find_images(roots)
+        caption_pairs = read_captions(captions) if captions else []
+        plan = make_plan(files, store.file_states(), store.failure_states(), roots, caption_pairs, store.text_states())
+        report = IndexReport(store=str(store.root), unchanged=plan.unchanged, known_failures=plan.known_failures,
+                             texts_unchanged=plan.texts_unchanged)
+        if plan.deleted:
+            store.put([], delete_keys=plan.deleted)
+            report.deleted = len(plan.deleted)
+        _embed_texts(pipeline, store, plan.texts, batch_size * 4, progress, report)
+        _embed_files(pipeline, store, plan.to_embed, batch_size, default_workers() if workers is None else workers,
+                     progress, report)
+        report.total_images, report.total_texts = store.count("image"), store.count("text")
+        if update_ann:
+            refresh_indexes(store)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _embed_texts(pipeline, store: Store, texts: list[tuple[str, str]], batch_size: int, progress: bool,
+                 report: IndexReport) -> None:
+    bar = tqdm(total=len(texts), unit="text", desc="embedding texts", disable=not progress or not texts)
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        vectors = pipeline.embed_texts([text for _, text in chunk], batch_size=batch_size)
+        store.put(NewItem(key, "text", vector, caption=text) for (key, text), vector in zip(chunk, vectors))
+        report.texts_embedded += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
+
+
+def _embed_files(pipeline, store: Store, entries: list[FileEntry], batch_size: int, workers: int, progress: bool,
+                 report: IndexReport) -> None:
+    if not entries:
+        return
+    stored = store.file_states()
+    loader = DataLoader(ImageFiles(entries, pipeline.preprocess), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_keep_list, prefetch_factor=4 if workers else None,
+                        persistent_workers=False, multiprocessing_context="fork" if workers else None)
+    bar = tqdm(total=len(entries), unit="img", desc="indexing images", disable=not progress)
+    started = time.perf_counter()
+    for batch in loader:
+        good = [d for d in batch if d.pixels is not None]
+        failures = [(d.entry.key, d.entry.key, d.entry.size, d.entry.mtime_ns, d.error) for d in batch if d.error]
+        # A file whose modification time changed but whose bytes did not keeps its vector.
+        same = [d for d in good if d.entry.key in stored and stored[d.entry.key][3] == d.sha256]
+        fresh = [d for d in good if d not in same]
+        items = []
+        if fresh:
+            with torch.inference_mode():
+                features = pipeline.encode_image(torch.stack([d.pixels for d in fresh]))
+            vectors = F.normalize(features.float(), dim=-1).cpu().numpy()
+            items = [NewItem(d.entry.key, "image", vector, path=d.entry.key, size=d.entry.size,
+                             mtime_ns=d.entry.mtime_ns, sha256=d.sha256) for d, vector in zip(fresh, vectors)]
+        store.put(items, failures)
+        for d in same:
+            store.touch(d.entry.key, d.entry.size, d.entry.mtime_ns)
+        report.embedded += len(items)
+        report.touched += len(same)
+        report.failed += [{"path": key, "reason": reason} for key, _, _, _, reason in failures]
+        bar.update(len(batch))
+    bar.close()
+    elapsed = time.perf_counter() - started
+    report.images_per_second = report.embedded / elapsed if elapsed > 0 else 0.0

@@ -1,0 +1,124 @@
+"""What an indexing run has to do: walk the image folders, read the captions file, and compare both
+with the store (new, changed, deleted, unchanged)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..train.data.pairs import IMAGE_EXTENSIONS, read_jsonl_records
+
+TEXT_KEY_PREFIX = "text:"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """An image file found on disk."""
+
+    key: str  # the absolute, resolved path
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Plan:
+    """The work of one run. ``to_embed`` holds new and changed files; ``known_failures`` files that
+    failed before and have not changed since (not retried)."""
+
+    to_embed: list[FileEntry] = field(default_factory=list)
+    unchanged: int = 0
+    known_failures: int = 0
+    deleted: list[str] = field(default_factory=list)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (key, caption) new or changed
+    texts_unchanged: int = 0
+
+    def summary(self) -> dict:
+        return {"to_embed": len(self.to_embed), "unchanged": self.unchanged, "known_failures": self.known_failures,
+                "deleted": len(self.deleted), "texts_to_embed": len(self.texts), "texts_unchanged": self.texts_unchanged}
+
+
+def find_images(roots: Sequence[str | os.PathLike]) -> list[FileEntry]:
+    """Every image file under ``roots`` (files or folders, recursive), sorted by path. Missing roots raise
+    ``FileNotFoundError``; files that vanish during the walk are skipped."""
+    found: dict[str, FileEntry] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"no such file or folder: {root}")
+        candidates: Iterable[Path] = [root] if root.is_file() else _walk(root)
+        for path in candidates:
+            if path.suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS or path.name.startswith("."):
+                continue
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            key = str(path.resolve())
+            found[key] = FileEntry(key, stat.st_size, stat.st_mtime_ns)
+    return [found[key] for key in sorted(found)]
+
+
+def _walk(root: Path) -> Iterable[Path]:
+    for directory, subdirs, files in os.walk(root, followlinks=False):
+        subdirs.sort()
+        for name in sorted(files):
+            yield Path(directory) / name
+
+
+def read_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(id, text)`` pairs from a CSV (columns ``id,text``; a header row is recognised) or JSONL
+    (``{"id": ..., "text": ...}``; ``caption`` is accepted for ``text``). Blank texts are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such captions file: {path}")
+    pairs: list[tuple[str, str]] = []
+    if path.suffix.lower() in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as handle:
+            records = read_jsonl_records(handle, path)
+        for number, record in enumerate(records, start=1):
+            text = record.get("text", record.get("caption"))
+            if text is None:
+                raise ValueError(f"{path}:{number}: a caption record needs 'text' (or 'caption')")
+            pairs.append((str(record.get("id", number)), str(text)))
+    else:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+        if rows and [c.strip().lower() for c in rows[0][:2]] in (["id", "text"], ["id", "caption"]):
+            rows = rows[1:]
+        for number, row in enumerate(rows, start=1):
+            if len(row) < 2:
+                raise ValueError(f"{path}: row {number} has {len(row)} column(s); expected id,text")
+            pairs.append((row[0], ",".join(row[1:])))
+    return [(cid, text) for cid, text in pairs if text.strip()]
+
+
+def make_plan(files: Sequence[FileEntry], stored: dict[str, tuple[int, int, int, str]],
+              failed: dict[str, tuple[int, int]], roots: Sequence[str | os.PathLike],
+              captions: Sequence[tuple[str, str]] = (), stored_texts: dict[str, tuple[int, str]] | None = None) -> Plan:
+    """Compare the files found under ``roots`` with the store's ``stored`` images and ``failed`` files."""
+    plan = Plan()
+    seen = set()
+    for entry in files:
+        seen.add(entry.key)
+        state = stored.get(entry.key)
+        if state is not None and (state[1], state[2]) == (entry.size, entry.mtime_ns):
+            plan.unchanged += 1
+        elif state is None and failed.get(entry.key) == (entry.size, entry.mtime_ns):
+            plan.known_failures += 1
+        else:
+            plan.to_embed.append(entry)
+    prefixes = [str(Path(root).resolve()) for root in roots]
+    for key in list(stored) + list(failed):
+        if key not in seen and any(key == p or key.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes):
+            plan.deleted.append(key)
+    stored_texts = stored_texts or {}
+    for caption_id, text in dict(captions).items():
+        key = TEXT_KEY_PREFIX + caption_id
+        if key in stored_texts and stored_texts[key][1] == text:
+            plan.texts_unchanged += 1
+        else:
+            plan.texts.append((key, text))
+    return plan
