@@ -133,7 +133,11 @@ class Store:
         if writer:
             self._lock_file = _acquire_lock(self.root / LOCK_FILE, wait)
         self._db = _connect(database)
-        version = self.meta("schema_version")
+        try:
+            version = self.meta("schema_version")
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise StoreError(f"{database} is not a readable cliplab store: {error}") from None
         if version is None or int(version) != SCHEMA_VERSION:
             self.close()
             raise StoreError(f"{self.root}: store format version {version!r}, this cliplab reads {SCHEMA_VERSION}")
@@ -147,13 +151,17 @@ class Store:
         if not (root / DATABASE).is_file():
             lock = _acquire_lock(root / LOCK_FILE, wait=False)
             try:
-                db = _connect(root / DATABASE)
+                # Built aside and renamed into place, so a store either exists complete or not at all.
+                building = root / (DATABASE + ".creating")
+                building.unlink(missing_ok=True)
+                db = _connect(building, wal=False)
                 with db:
                     db.executescript(_SCHEMA)
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (model.to_json(),))
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('created', ?)", (str(time.time()),))
                 db.close()
+                os.replace(building, root / DATABASE)
             finally:
                 _release_lock(lock)
         store = cls(root, writer=True)
@@ -302,9 +310,10 @@ class Store:
             self._db.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, wal: bool = True) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=60.0, isolation_level="DEFERRED", check_same_thread=False)
-    db.execute("PRAGMA journal_mode = WAL")
+    if wal:
+        db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA busy_timeout = 60000")
     return db
