@@ -5,7 +5,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench sources clean
+.PHONY: demo test bench sources browser clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml
 sources:
 	bash scripts/install_corpus_sources.sh
 
+# Debian's chromium, driven by Playwright in the web-page test.
+browser:
+	bash scripts/install_test_browser.sh
+
 demo: $(STAMP) sources
 	$(VENV)/bin/cliplab demo
 
-test: $(STAMP) sources
+test: $(STAMP) sources browser
 	$(PYTHON) -m pytest -q
 
 bench: $(STAMP) sources

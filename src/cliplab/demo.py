@@ -13,7 +13,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 
 from .api import DEFAULT_MODEL, cliplab_home, load
 
@@ -86,11 +85,6 @@ def run_demo(out: Path, device: str | None = None) -> int:
     print(f"retrieval on {r['pairs']} held-out Openclipart drawings: text->image R@10 {r['text_to_image_R@10']:.1%}, "
           f"image->text R@10 {r['image_to_text_R@10']:.1%}  (chance {r['chance_R@10']:.1%})")
 
-    print("\ntext -> image search over the held-out OpenMoji images (top 3 by cosine):")
-    for query, qv in zip(SEARCHES, clip.embed_texts(SEARCHES)):
-        best = np.argsort(-(vectors @ qv))[:3]
-        print(f"  {query!r:34} -> " + ", ".join(f"{held_out[i]['concept']} ({vectors[i] @ qv:.2f})" for i in best))
-
     by_concept = {item["concept"]: item for item in held_out}
     chosen = [by_concept[c] for c in MATRIX_CONCEPTS if c in by_concept] or held_out[:6]
     images = [load_image(item["image"]) for item in chosen]
@@ -102,5 +96,47 @@ def run_demo(out: Path, device: str | None = None) -> int:
     if metrics.is_file():
         plot_run(metrics, out / "training.png")
         print(f"training curves: {out / 'training.png'}")
-    (out / "results.json").write_text(json.dumps({"model": str(folder), "zeroshot": z, "retrieval": r}, indent=2))
+    searches = search_held_out(clip, corpus, out)
+    (out / "results.json").write_text(json.dumps({"model": str(folder), "zeroshot": z, "retrieval": r,
+                                                  "searches": searches}, indent=2))
     return 0
+
+
+def search_held_out(clip, corpus: Path, out: Path) -> dict:
+    """Index the held-out images and captions into a store (incremental: instant after the first run)
+    and print searches in every direction."""
+    from .index import Searcher, index_paths
+    from .train.evaluate import read_jsonl
+
+    records = read_jsonl(corpus / "zeroshot_test.jsonl") + read_jsonl(corpus / "retrieval_test.jsonl")
+    concept_of = {str(Path(r["image"]).resolve()): r["concept"] for r in records}
+    captions = out / "held_out_captions.jsonl"
+    with open(captions, "w", encoding="utf-8") as handle:
+        for record in read_jsonl(corpus / "retrieval_test.jsonl"):
+            handle.write(json.dumps({"id": record["id"], "text": record["caption"]}) + "\n")
+    store = cliplab_home() / "stores" / "held-out"
+    print(f"\nindexing the held-out images and captions into {store}")
+    report = index_paths(clip, store, sorted(concept_of), captions=captions, progress=False)
+    print(f"  {report.total_images} images, {report.total_texts} captions ({report.embedded} images embedded "
+          f"this run, {report.unchanged} unchanged) in {report.seconds:.1f} s")
+
+    def show(hit) -> str:
+        if hit.item.kind == "image":
+            return f"{concept_of.get(hit.item.path, Path(hit.item.path).stem)} ({hit.score:.2f})"
+        return f"{hit.item.caption[:40]!r} ({hit.score:.2f})"
+
+    results: dict[str, list] = {}
+    with Searcher(clip, store) as searcher:
+        directions = [("text -> image", q, lambda q: searcher.text(q, 3)) for q in SEARCHES[:4]]
+        examples = [r for r in records if r["concept"] in ("red apple", "rocket")][:2] or records[:2]
+        directions += [("image -> image", Path(r["image"]).name, lambda q, r=r: searcher.image(r["image"], 4)[1:])
+                       for r in examples]
+        directions += [("image -> text", Path(r["image"]).name, lambda q, r=r: searcher.image(r["image"], 3, "text"))
+                       for r in examples]
+        directions += [("text -> text", q, lambda q: searcher.text(q, 3, "text")) for q in ("a red car", "a bird")]
+        for direction, query, run in directions:
+            hits = run(query)
+            results.setdefault(direction, []).append({"query": query, "hits": [h.to_dict() for h in hits]})
+            print(f"  {direction:15} {query!r:32} -> " + ", ".join(show(h) for h in hits))
+    print(f"search it yourself: cliplab search {store} \"a rocket\"   or   cliplab serve {store}")
+    return results

@@ -119,8 +119,13 @@ def choose_nlist(n: int) -> int:
 
 
 def ivf_index(kind: str, ids: np.ndarray, vectors: np.ndarray, seed: int = 0,
-              target_recall: float = TARGET_RECALL) -> VectorIndex:
-    """Train an IVF-Flat index on the vectors, add them, and tune ``nprobe`` for ``target_recall``@10."""
+              target_recall: float = TARGET_RECALL, other_queries: np.ndarray | None = None) -> VectorIndex:
+    """Train an IVF-Flat index on the vectors, add them, and tune ``nprobe`` for ``target_recall``@10.
+
+    ``other_queries``: queries of another kind (the store's texts when indexing its images, and the
+    reverse). They sit apart from the stored vectors and need more lists; ``nprobe`` is then the larger
+    of what they need and the margin-multiplied leave-one-out figure.
+    """
     n, dim = vectors.shape
     nlist = choose_nlist(n)
     quantizer = faiss.IndexFlatIP(dim)
@@ -133,32 +138,41 @@ def ivf_index(kind: str, ids: np.ndarray, vectors: np.ndarray, seed: int = 0,
     result = VectorIndex(index, np.empty(0, np.int64), AnnParams(kind, "ivf", nlist=nlist, built_count=n))
     result.add(ids, vectors)
     nprobe, result.params.tuned_recall = tune_nprobe(result, vectors, target_recall, rng)
-    result.params.nprobe = min(nlist, NPROBE_MARGIN * nprobe)
+    nprobe = min(nlist, NPROBE_MARGIN * nprobe)
+    if other_queries is not None and len(other_queries):
+        cross, cross_recall = tune_nprobe(result, vectors, target_recall, rng, queries=other_queries)
+        if cross > nprobe:
+            nprobe, result.params.tuned_recall = cross, cross_recall
+    result.params.nprobe = nprobe
     return result
 
 
-def tune_nprobe(index: VectorIndex, vectors: np.ndarray, target_recall: float,
-                rng: np.random.Generator, n_queries: int = 500, k: int = 10) -> tuple[int, float]:
+def tune_nprobe(index: VectorIndex, vectors: np.ndarray, target_recall: float, rng: np.random.Generator,
+                n_queries: int = 500, k: int = 10, queries: np.ndarray | None = None) -> tuple[int, float]:
     """The smallest ``nprobe`` whose recall@k against exact search reaches ``target_recall``.
 
-    Measured leave-one-out: sampled stored vectors are the queries and each one's own entry is left out
-    of both result lists, so a query behaves like a new vector from the same distribution rather than
-    one that trivially finds itself.
+    Without ``queries`` it is measured leave-one-out: sampled stored vectors are the queries and each
+    one's own entry is left out of both result lists, so a query behaves like a new vector from the
+    same distribution rather than one that trivially finds itself.
     """
     n, dim = vectors.shape
-    rows = rng.choice(n, size=min(n, n_queries), replace=False)
-    queries = np.ascontiguousarray(vectors[rows], np.float32)
+    if queries is None:
+        rows = rng.choice(n, size=min(n, n_queries), replace=False)
+        queries, own = np.ascontiguousarray(vectors[rows], np.float32), index.ids[rows]
+    else:
+        picks = rng.choice(len(queries), size=min(len(queries), n_queries), replace=False)
+        queries, own = np.ascontiguousarray(queries[picks], np.float32), np.full(len(picks), -2)
     exact = faiss.IndexFlatIP(dim)
     exact.add(np.ascontiguousarray(vectors, np.float32))
     _, truth = exact.search(queries, k + 1)
-    truth = _drop_self(index.ids[truth], index.ids[rows], k)
+    truth = _drop_self(index.ids[truth], own, k)
     recall = 0.0
     for nprobe in _NPROBES:
         if nprobe > index.params.nlist:
             break
         index.params.nprobe = nprobe
         _, found = index.search(queries, k + 1)
-        recall = recall_at_k(_drop_self(found, index.ids[rows], k), truth)
+        recall = recall_at_k(_drop_self(found, own, k), truth)
         if recall >= target_recall:
             return nprobe, recall
     return index.params.nprobe, recall
@@ -212,7 +226,9 @@ def refresh_indexes(store) -> dict[str, AnnParams]:
         saved = VectorIndex.load(path)
         if saved is None or saved.params.type != "ivf" or count > REBUILD_GROWTH * saved.params.built_count:
             ids, vectors = store.vectors(kind)
-            index = ivf_index(kind, ids, vectors)
+            other = "text" if kind == "image" else "image"
+            other_queries = store.vectors(other)[1][:2000] if store.count(other) >= 50 else None
+            index = ivf_index(kind, ids, vectors, other_queries=other_queries)
         else:
             index = saved
             new_ids, new_vectors = store.vectors(kind, after_id=saved.max_id)

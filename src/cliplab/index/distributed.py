@@ -62,6 +62,9 @@ def embed_on_ray(pipeline, entries: Sequence[FileEntry], shard_dir: Path, batch_
     """Run the Ray Data job over ``entries`` and return the Parquet shards it wrote."""
     import ray
 
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
     resources = ray.cluster_resources()
     actors = actors or max(1, int(resources.get("CPU", 1)))
     dataset = ray.data.from_items([{"key": e.key, "size": e.size, "mtime_ns": e.mtime_ns} for e in entries])
@@ -125,7 +128,7 @@ def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str |
             started_ray = not ray.is_initialized()
             if started_ray:
                 ray.init(address=None if address == "local" else address, log_to_driver=False,
-                         include_dashboard=False)
+                         include_dashboard=False, logging_level="error")
             shard_dir = store.root / "shards" / f"run-{int(time.time() * 1000)}"
             try:
                 embed_started = time.perf_counter()

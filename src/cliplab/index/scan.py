@@ -110,9 +110,12 @@ def make_plan(files: Sequence[FileEntry], stored: dict[str, tuple[int, int, int,
             plan.known_failures += 1
         else:
             plan.to_embed.append(entry)
-    prefixes = [str(Path(root).resolve()) for root in roots]
+    # Only files under the roots of this run can have been deleted; other roots are left alone.
+    resolved = [Path(root).resolve() for root in roots]
+    file_roots = {str(root) for root in resolved if not root.is_dir()}
+    folder_roots = tuple(str(root).rstrip(os.sep) + os.sep for root in resolved if root.is_dir())
     for key in list(stored) + list(failed):
-        if key not in seen and any(key == p or key.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes):
+        if key not in seen and (key in file_roots or key.startswith(folder_roots)):
             plan.deleted.append(key)
     stored_texts = stored_texts or {}
     for caption_id, text in dict(captions).items():
