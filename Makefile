@@ -5,7 +5,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench sources browser clean
+.PHONY: demo test bench reliability sources browser clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: $(STAMP) sources
 	$(PYTHON) benchmarks/bench_tokenizer.py
 	$(PYTHON) benchmarks/bench_embed.py
 	$(PYTHON) benchmarks/bench_train_vs_open_clip.py --corpus $${CLIPLAB_HOME:-$$HOME/.cache/cliplab}/corpus
+
+# Bad inputs through every entry point, kill -9 / full-disk / two-writer faults, a load test: one table.
+reliability: $(STAMP) sources
+	$(PYTHON) -m reliability.report
 
 clean:
 	rm -rf $(VENV) out

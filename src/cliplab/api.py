@@ -139,7 +139,10 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
             )
         path = resolve(name, cache_dir)
     ckpt = read_checkpoint(path, quick_gelu=quick_gelu)
-    model = build_model(ckpt)
+    try:
+        model = build_model(ckpt)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     preprocess = Preprocessor(PreprocessConfig.from_dict(ckpt.preprocess))
     if preprocess.image_size != model.image_size:
         raise CheckpointError(

@@ -62,6 +62,37 @@ def _check_files(paths: Sequence[str]) -> list[str]:
     return list(paths)
 
 
+def _embed_readable(clip, paths: list[str], batch_size: int = 32, progress: bool = False
+                    ) -> tuple[list[str], np.ndarray, list[dict]]:
+    """Embed the image files that can be read; skip the others with the reason (printed to stderr).
+    Returns ``(embedded paths, vectors, skipped)``. Raises :class:`CommandError` if none could be read."""
+    from tqdm.auto import tqdm
+
+    from .preprocess import ImageLoadError
+
+    kept, chunks, skipped = [], [], []
+    bar = tqdm(total=len(paths), unit="img", disable=not progress, desc="embedding images")
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        try:
+            chunks.append(clip.embed_images(chunk, batch_size=batch_size))
+            kept += chunk
+        except (ImageLoadError, OSError):  # find the culprits one by one
+            for path in chunk:
+                try:
+                    chunks.append(clip.embed_images([path]))
+                    kept.append(path)
+                except (ImageLoadError, OSError) as error:
+                    skipped.append({"image": path, "reason": str(error)})
+                    print(f"skipped {path}: {error}", file=sys.stderr)
+        bar.update(len(chunk))
+    bar.close()
+    if not kept:
+        raise CommandError(f"none of the {len(paths)} image(s) could be read" + (
+            f": {skipped[0]['reason']}" if len(skipped) == 1 else " (reasons above)"))
+    return kept, np.concatenate(chunks), skipped
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from .zeroshot import ZeroShotClassifier
 
@@ -76,10 +107,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
         classifier = ZeroShotClassifier.from_labels(clip, labels, args.templates, progress=not args.json)
     if args.save_classifier:
         classifier.save(args.save_classifier)
-    results = classifier.classify(clip, images, top_k=args.top_k)
+    images, vectors, skipped = _embed_readable(clip, images, progress=not args.json and len(images) > 32)
+    results = classifier.predict(vectors, top_k=args.top_k)
     if args.json:
         print(json.dumps([{"image": image, "predictions": [p.__dict__ for p in preds]}
-                          for image, preds in zip(images, results)], indent=2))
+                          for image, preds in zip(images, results)] + [{**s, "predictions": []} for s in skipped],
+                         indent=2))
     else:
         for image, preds in zip(images, results):
             print(image)
@@ -112,8 +145,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise CommandError("give either --images or --texts/--texts-file")
     clip = _load(args)
     if args.images:
-        ids = _check_files(args.images)
-        vectors = clip.embed_images(ids, batch_size=args.batch_size, progress=True)
+        ids, vectors, _ = _embed_readable(clip, _check_files(args.images), args.batch_size, progress=True)
     else:
         ids = texts
         vectors = clip.embed_texts(texts, progress=True)
@@ -159,9 +191,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .checkpoints import read_checkpoint, resolve
+    from .checkpoints import CheckpointError, build_model, read_checkpoint, resolve
 
     ckpt = read_checkpoint(resolve(args.checkpoint), quick_gelu=args.quick_gelu)
+    try:
+        build_model(ckpt)  # the weights must fit the architecture the files describe
+    except CheckpointError as error:
+        raise CheckpointError(f"{args.checkpoint}: {error}") from None
     n_params = sum(v.numel() for k, v in ckpt.state_dict.items())
     info = {"path": args.checkpoint, "format": ckpt.source_format, "parameters": n_params,
             "config": ckpt.config.to_dict(), "preprocess": ckpt.preprocess, "notes": ckpt.notes}

@@ -65,7 +65,13 @@ class ZeroShotClassifier:
             raise ValueError(f"these class embeddings have {self.weights.shape[1]} dimensions (model "
                              f"{self.model_name or 'unknown'}) but the model embeds into {pipeline.embed_dim}: "
                              "rebuild the classifier with this model")
-        embeddings = pipeline.embed_images(images)
+        return self.predict(pipeline.embed_images(images), top_k)
+
+    def predict(self, embeddings: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+        """Top-k predictions per row of L2-normalised image embeddings, best first."""
+        if embeddings.shape[-1] != self.weights.shape[1]:
+            raise ValueError(f"image embeddings have {embeddings.shape[-1]} dimensions, these class embeddings "
+                             f"{self.weights.shape[1]}: rebuild the classifier with this model")
         probs, scores = self.probabilities(embeddings), embeddings @ self.weights.T
         k = min(top_k, len(self.class_names))
         order = np.argsort(-probs, axis=-1)[:, :k]

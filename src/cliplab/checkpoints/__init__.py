@@ -82,7 +82,12 @@ def read_checkpoint(path: str | os.PathLike, quick_gelu: bool | None = None) -> 
     if path.suffix not in _STATE_DICT_SUFFIXES:
         raise CheckpointError(f"{path}: unknown checkpoint extension {path.suffix!r} "
                               f"(expected one of {sorted(_STATE_DICT_SUFFIXES)} or a folder)")
-    return read_state_dict_file(path, quick_gelu=quick_gelu)
+    try:
+        return read_state_dict_file(path, quick_gelu=quick_gelu)
+    except CheckpointError as error:
+        if str(path) in str(error):
+            raise
+        raise CheckpointError(f"{path}: {error}") from None
 
 
 def build_model(ckpt: LoadedCheckpoint) -> CLIP:

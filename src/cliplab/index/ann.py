@@ -233,6 +233,14 @@ def refresh_indexes(store) -> dict[str, AnnParams]:
             index = saved
             new_ids, new_vectors = store.vectors(kind, after_id=saved.max_id)
             index.sync(store.ids(kind), new_ids, new_vectors)
-        index.save(path)
+        try:
+            index.save(path)
+        except OSError as error:
+            from .store import StoreError
+
+            path.with_suffix(".tmp.npz").unlink(missing_ok=True)
+            raise StoreError(f"cannot write the search index {path} ({error}); the store's items are intact and "
+                             "searches rebuild the index in memory. Free some space and run `cliplab index` "
+                             "again.") from None
         params[kind] = index.params
     return params

@@ -72,11 +72,12 @@ class ImageFiles(Dataset):
             return DecodedFile(entry, None, None, f"cannot read: {error.strerror or error}")
         sha = hashlib.sha256(data).hexdigest()
         buffer = io.BytesIO(data)
-        buffer.name = entry.key  # names the file in error messages
         try:
             pixels = self.preprocess(load_image(buffer))
         except (ImageLoadError, ValueError, OSError) as error:
-            return DecodedFile(entry, sha, None, str(error))
+            reason = str(error).replace(repr(buffer), repr(entry.key)).replace(f"<{type(buffer).__name__} object>",
+                                                                               repr(entry.key))
+            return DecodedFile(entry, sha, None, reason)
         except MemoryError:
             return DecodedFile(entry, sha, None, "out of memory while decoding")
         return DecodedFile(entry, sha, pixels, None)
@@ -84,6 +85,16 @@ class ImageFiles(Dataset):
 
 def _keep_list(batch: list[DecodedFile]) -> list[DecodedFile]:
     return batch
+
+
+class _ReleaseLock:
+    """Worker init: a decoding worker must not hold the store's write lock (see Store.release_in_child)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __call__(self, worker_id: int) -> None:
+        self.store.release_in_child()
 
 
 @dataclass
@@ -163,15 +174,23 @@ def _embed_files(pipeline, store: Store, entries: list[FileEntry], batch_size: i
     stored = store.file_states()
     loader = DataLoader(ImageFiles(entries, pipeline.preprocess), batch_size=batch_size, num_workers=workers,
                         collate_fn=_keep_list, prefetch_factor=4 if workers else None,
+                        worker_init_fn=_ReleaseLock(store) if workers else None,
                         persistent_workers=False, multiprocessing_context="fork" if workers else None)
-    bar = tqdm(total=len(entries), unit="img", desc="indexing images", disable=not progress)
-    started = time.perf_counter()
+    with tqdm(total=len(entries), unit="img", desc="indexing images", disable=not progress) as bar:
+        started = time.perf_counter()
+        _commit_batches(pipeline, store, loader, stored, report, bar)
+    elapsed = time.perf_counter() - started
+    report.images_per_second = report.embedded / elapsed if elapsed > 0 else 0.0
+
+
+def _commit_batches(pipeline, store: Store, loader, stored: dict, report: IndexReport, bar) -> None:
     for batch in loader:
         good = [d for d in batch if d.pixels is not None]
         failures = [(d.entry.key, d.entry.key, d.entry.size, d.entry.mtime_ns, d.error) for d in batch if d.error]
         # A file whose modification time changed but whose bytes did not keeps its vector.
-        same = [d for d in good if d.entry.key in stored and stored[d.entry.key][3] == d.sha256]
-        fresh = [d for d in good if d not in same]
+        unchanged = {d.entry.key for d in good if d.entry.key in stored and stored[d.entry.key][3] == d.sha256}
+        same = [d for d in good if d.entry.key in unchanged]
+        fresh = [d for d in good if d.entry.key not in unchanged]
         items = []
         if fresh:
             with torch.inference_mode():
@@ -186,6 +205,3 @@ def _embed_files(pipeline, store: Store, entries: list[FileEntry], batch_size: i
         report.touched += len(same)
         report.failed += [{"path": key, "reason": reason} for key, _, _, _, reason in failures]
         bar.update(len(batch))
-    bar.close()
-    elapsed = time.perf_counter() - started
-    report.images_per_second = report.embedded / elapsed if elapsed > 0 else 0.0

@@ -14,6 +14,8 @@ Layout of a store folder::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -169,6 +171,12 @@ class Store:
         return store
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def release_in_child(self) -> None:
+        """In a forked child (a decoding worker), drop the inherited write-lock handle, so the lock dies
+        with the writer process itself and not with the last of its children."""
+        if self._lock_file is not None:
+            os.close(self._lock_file.fileno())
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -271,6 +279,18 @@ class Store:
                 "images": self.count("image"), "texts": self.count("text"), "failures": len(self.failures())}
 
     # -- writing (one transaction per call) ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _write_errors(self):
+        """One transaction; a full disk becomes a :class:`StoreError` that says what was kept."""
+        try:
+            with self._db:
+                yield
+        except (sqlite3.OperationalError, OSError) as error:
+            if _disk_full(error):
+                raise StoreError(f"the disk holding {self.root} is full ({error}): this batch was not written; "
+                                 "everything committed before it is kept. Free some space and run again.") from None
+            raise
+
     def _require_writer(self) -> None:
         if self._lock_file is None:
             raise StoreError(f"{self.root} is open read-only")
@@ -281,7 +301,7 @@ class Store:
         ``delete_keys``: all in one transaction, so a crash keeps all of it or none."""
         self._require_writer()
         now = time.time()
-        with self._db:
+        with self._write_errors():
             for key in delete_keys:
                 self._db.execute("DELETE FROM items WHERE key = ?", (key,))
                 self._db.execute("DELETE FROM failures WHERE key = ?", (key,))
@@ -306,8 +326,12 @@ class Store:
     def touch(self, key: str, size: int, mtime_ns: int) -> None:
         """Record a new size/mtime for an item whose content did not change."""
         self._require_writer()
-        with self._db:
+        with self._write_errors():
             self._db.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
+
+
+def _disk_full(error: BaseException) -> bool:
+    return "full" in str(error) or getattr(error, "errno", None) == errno.ENOSPC
 
 
 def _connect(path: Path, wal: bool = True) -> sqlite3.Connection:

@@ -39,6 +39,12 @@ class ServeSettings:
     request_timeout_s: float = 30.0
 
 
+class SearchRequest(BaseModel):
+    q: str = Field(..., description="the text query")
+    k: int = 20
+    target: str = "image"
+
+
 class EmbedTextsRequest(BaseModel):
     texts: list[str] = Field(..., description="texts to embed")
 
@@ -89,6 +95,7 @@ def create_app(pipeline, store_dir: str, settings: ServeSettings | None = None) 
             raise HTTPException(422, f"target must be one of {', '.join(TARGETS)}")
 
     def check_text(text: str) -> str:
+        text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates cannot be echoed as JSON
         if len(text) > settings.max_text_chars:
             raise HTTPException(413, f"text of {len(text)} characters; the limit is {settings.max_text_chars}")
         if not text.strip():
@@ -111,7 +118,8 @@ def create_app(pipeline, store_dir: str, settings: ServeSettings | None = None) 
         try:
             return load_image(data)
         except ImageLoadError as error:
-            raise HTTPException(422, str(error)) from None
+            raise HTTPException(422, str(error).replace(f"<{len(data)} bytes>", repr(upload.filename or "upload"))
+                                ) from None
 
     def refreshed() -> Searcher:
         searcher.refresh()
@@ -124,8 +132,14 @@ def create_app(pipeline, store_dir: str, settings: ServeSettings | None = None) 
     @app.get("/api/search")
     def search_text(q: str = Query(..., description="the text query"), k: int = 20, target: str = "image") -> dict:
         check_query(k, target)
-        hits = refreshed().text(check_text(q), k, target)
+        q = check_text(q)
+        hits = refreshed().text(q, k, target)
         return {"query": q, "target": target, "hits": [_hit_json(h) for h in hits]}
+
+    @app.post("/api/search")
+    def search_text_post(body: SearchRequest) -> dict:
+        """The same as ``GET /api/search``, for long queries and scripts."""
+        return search_text(body.q, body.k, body.target)
 
     @app.post("/api/search/image")
     async def search_image(file: UploadFile = File(...), k: int = Form(20), target: str = Form("image")) -> dict:
