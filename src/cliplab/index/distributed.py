@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from .indexer import FileEntry, ImageFiles, IndexReport, _embed_texts, model_identity
-from .scan import find_images, make_plan, read_captions
+from .indexer import FileEntry, ImageFiles, IndexReport, indexing_run
 from .store import NewItem, Store
 
 
@@ -107,23 +106,7 @@ def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str |
     """
     import ray
 
-    from .ann import refresh_indexes
-
-    started = time.perf_counter()
-    identity = model_identity(pipeline)
-    store = Store.create(store_dir, identity) if not (Path(store_dir) / "store.sqlite").exists() \
-        else Store(store_dir, writer=True)
-    with store:
-        store.check_model(identity)
-        caption_pairs = read_captions(captions) if captions else []
-        plan = make_plan(find_images(roots), store.file_states(), store.failure_states(), roots, caption_pairs,
-                         store.text_states())
-        report = IndexReport(store=str(store.root), unchanged=plan.unchanged, known_failures=plan.known_failures,
-                             texts_unchanged=plan.texts_unchanged)
-        if plan.deleted:
-            store.put([], delete_keys=plan.deleted)
-            report.deleted = len(plan.deleted)
-        _embed_texts(pipeline, store, plan.texts, batch_size * 4, progress, report)
+    with indexing_run(pipeline, store_dir, roots, captions, batch_size, progress) as (store, plan, report):
         if plan.to_embed:
             started_ray = not ray.is_initialized()
             if started_ray:
@@ -139,7 +122,4 @@ def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str |
                 shutil.rmtree(shard_dir, ignore_errors=True)
                 if started_ray:
                     ray.shutdown()
-        report.total_images, report.total_texts = store.count("image"), store.count("text")
-        refresh_indexes(store)
-    report.seconds = time.perf_counter() - started
     return report

@@ -8,12 +8,13 @@ Files that cannot be read are recorded with the reason and skipped; the run goes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..preprocess import ImageLoadError, Preprocessor, load_image
-from .scan import FileEntry, find_images, make_plan, read_captions
+from .scan import FileEntry, Plan, find_images, make_plan, read_captions
 from .store import ModelIdentity, NewItem, Store
 
 
@@ -124,11 +125,13 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def index_paths(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike] = (),
-                captions: str | os.PathLike | None = None, batch_size: int = 64, workers: int | None = None,
-                progress: bool = True, wait: bool = False, update_ann: bool = True) -> IndexReport:
-    """Embed new and changed images under ``roots`` (and the texts of ``captions``) into the store at
-    ``store_dir``, creating it if needed; remove deleted files. Returns an :class:`IndexReport`."""
+@contextlib.contextmanager
+def indexing_run(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike],
+                 captions: str | os.PathLike | None, batch_size: int, progress: bool, wait: bool = False,
+                 update_ann: bool = True) -> Iterator[tuple[Store, Plan, IndexReport]]:
+    """The frame of every indexing run: open (or create) the store for writing, plan the run, remove
+    deleted files and embed the texts; the caller embeds ``plan.to_embed``; on exit the totals are
+    counted and the search indexes refreshed."""
     from .ann import refresh_indexes
 
     started = time.perf_counter()
@@ -137,21 +140,31 @@ def index_paths(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os
         else Store(store_dir, writer=True, wait=wait)
     with store:
         store.check_model(identity)
-        files = find_images(roots)
         caption_pairs = read_captions(captions) if captions else []
-        plan = make_plan(files, store.file_states(), store.failure_states(), roots, caption_pairs, store.text_states())
+        plan = make_plan(find_images(roots), store.file_states(), store.failure_states(), roots, caption_pairs,
+                         store.text_states())
         report = IndexReport(store=str(store.root), unchanged=plan.unchanged, known_failures=plan.known_failures,
                              texts_unchanged=plan.texts_unchanged)
         if plan.deleted:
             store.put([], delete_keys=plan.deleted)
             report.deleted = len(plan.deleted)
         _embed_texts(pipeline, store, plan.texts, batch_size * 4, progress, report)
-        _embed_files(pipeline, store, plan.to_embed, batch_size, default_workers() if workers is None else workers,
-                     progress, report)
+        yield store, plan, report
         report.total_images, report.total_texts = store.count("image"), store.count("text")
         if update_ann:
             refresh_indexes(store)
     report.seconds = time.perf_counter() - started
+
+
+def index_paths(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike] = (),
+                captions: str | os.PathLike | None = None, batch_size: int = 64, workers: int | None = None,
+                progress: bool = True, wait: bool = False, update_ann: bool = True) -> IndexReport:
+    """Embed new and changed images under ``roots`` (and the texts of ``captions``) into the store at
+    ``store_dir``, creating it if needed; remove deleted files. Returns an :class:`IndexReport`."""
+    with indexing_run(pipeline, store_dir, roots, captions, batch_size, progress, wait, update_ann) as (
+            store, plan, report):
+        _embed_files(pipeline, store, plan.to_embed, batch_size, default_workers() if workers is None else workers,
+                     progress, report)
     return report
 
 
