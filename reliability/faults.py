@@ -119,7 +119,6 @@ def kill_training(work: Path, kills: int = 20, steps: int = 40, seed: int = 0, m
 def full_disk(model: str, work: Path, size_mb: int = 3) -> dict:
     """Index into a store on a tiny filesystem (tmpfs, needs root): the run must fail with a clear
     'no space' error, and the store must still open with every item committed before."""
-    from cliplab.index import Store
 
     mount = work / "tiny-fs"
     mount.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+import httpx
 
 from . import bad_inputs, entry_points, faults, load
 
@@ -59,6 +63,14 @@ def run(work: Path, kills: int, load_seconds: float, clients: int) -> dict:
     server, url = load.start_server(work / "served-store", model)
     try:
         report["load"] = load.run_load(url, server.pid, clients=clients, seconds=load_seconds)
+        # Again while an indexer adds 1,000 images to the served store.
+        write_images(work / "added", 1000, size=(96, 72), seed=12)
+        indexer = subprocess.Popen([sys.executable, "-m", "cliplab", "index", str(work / "added"), "--store",
+                                    str(work / "served-store"), "--model", model, "--batch-size", "16"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        report["load_during_index"] = load.run_load(url, server.pid, clients=clients, seconds=load_seconds)
+        report["load_during_index"]["indexer_exit"] = indexer.wait(timeout=900)
+        report["load_during_index"]["images_after"] = httpx.get(url + "/api/health").json()["images"]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -89,6 +101,10 @@ def print_table(report: dict) -> None:
           f"p50 {lo['p50_ms']} ms, p99 {lo['p99_ms']} ms, errors {lo['errors']}, server RSS {lo['rss_mb_start']} -> "
           f"{lo['rss_mb_end']} MB (max {lo['rss_mb_max']}, growth over the last two thirds "
           f"{lo['rss_growth_last_two_thirds_mb']} MB)")
+    li = report["load_during_index"]
+    print(f"the same while `cliplab index` added 1,000 images (exit {li['indexer_exit']}, store then held "
+          f"{li['images_after']}): {li['requests']} requests, {li['requests_per_s']}/s, p50 {li['p50_ms']} ms, "
+          f"p99 {li['p99_ms']} ms, errors {li['errors']}")
     lost = sum(f.get("lost", 0) for f in report["faults"]) + (0 if s["nothing_lost"] else 1)
     print(f"\nITEMS LOST: {lost}")
 
@@ -115,7 +131,7 @@ def main() -> int:
     print(f"\nfull report: {out / 'report.json'} ({report['seconds']} s)")
     failed = [r["name"] for r in report["inputs"] if not r["passed"]]
     lost = sum(f.get("lost", 0) for f in report["faults"])
-    return 1 if failed or lost or report["load"]["errors"] else 0
+    return 1 if failed or lost or report["load"]["errors"] or report["load_during_index"]["errors"] else 0
 
 
 if __name__ == "__main__":
