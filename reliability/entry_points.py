@@ -1,8 +1,9 @@
 """Every bad input through every entry point that takes it, with the outcome of each.
 
 An outcome is ``ok``, ``allowed: WHY`` (a documented exception to the expectation), or
-``error: MESSAGE`` for a specific refusal (an exception cliplab raises on purpose, an exit status 1 with a message, an HTTP 4xx with a detail), or ``skipped: REASON`` for a
-batch job that recorded the reason and went on. Anything else (a traceback, an HTTP 500, a code
+``error: MESSAGE`` for a specific refusal (an exception cliplab raises on purpose, an exit status 1
+with a message, an HTTP 4xx with a detail), or ``skipped: REASON`` for a batch job that recorded the
+reason and went on. Anything else (a traceback, an HTTP 500, a code
 path that runs pickled code) is ``CRASH`` and fails the report.
 """
 
