@@ -126,14 +126,16 @@ def text_target(pipeline: Pipeline, prompt: str | Sequence[str]) -> torch.Tensor
     return F.normalize(mean, dim=-1).to(pipeline.device)
 
 
-def generate(pipeline: Pipeline, prompt: str, *, steps: int = 200, seed: int = 0, size: int | None = None,
+def generate(pipeline: Pipeline, prompt: str | Sequence[str], *, steps: int = 200, seed: int = 0, size: int | None = None,
              cutouts_per_step: int = 16, lr: float = 0.05, init: ImageInput | None = None,
              snapshots: int = 8, progress: bool = False) -> GenerationResult:
-    """Optimise an image of ``size`` px (default: twice the model's input) towards ``prompt``.
+    """Optimise an image of ``size`` px (default: twice the model's input) towards ``prompt`` (or
+    towards the mean embedding of several prompts, a prompt ensemble).
 
     ``snapshots`` intermediate images are kept, evenly spaced, the last being the result.
     """
-    if not prompt.strip():
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or any(not p.strip() for p in prompts):
         raise ValueError("give a non-empty text prompt")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -143,7 +145,7 @@ def generate(pipeline: Pipeline, prompt: str, *, steps: int = 200, seed: int = 0
     image = FourierImage(size, generator, init=init).to(pipeline.device)
     mean = torch.tensor(pipeline.preprocess.config.mean, device=pipeline.device).view(1, 3, 1, 1)
     std = torch.tensor(pipeline.preprocess.config.std, device=pipeline.device).view(1, 3, 1, 1)
-    target = text_target(pipeline, prompt)
+    target = text_target(pipeline, prompts)
     model = pipeline.model
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:  # gradients flow to the image only
@@ -159,7 +161,7 @@ def generate(pipeline: Pipeline, prompt: str, *, steps: int = 200, seed: int = 0
     final = to_pil(pixels)
     if snapshots:
         kept.append((steps, final))
-    return GenerationResult(final, prompt, seed, similarities, kept)
+    return GenerationResult(final, " | ".join(prompts), seed, similarities, kept)
 
 
 def _optimise(model, image: FourierImage, target: torch.Tensor, steps: int, n_cutouts: int, lr: float,
@@ -196,7 +198,7 @@ def to_pil(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def save_strip(snapshots: Sequence[tuple[int, Image.Image]], path: str | os.PathLike, tile: int = 128) -> None:
+def save_strip(snapshots: Sequence[tuple[int, Image.Image]], path: str | os.PathLike, tile: int = 96) -> None:
     """The intermediate images side by side, each captioned with its step."""
     from PIL import ImageDraw
 
