@@ -190,7 +190,7 @@ def detect(pipeline: Pipeline, image: ImageInput, queries: str | Sequence[str], 
     ``max_boxes`` per query; ``threshold=0`` always keeps each query's best window) and each query's
     heatmap. Box coordinates are pixels of ``image``.
     """
-    queries = [queries] if isinstance(queries, str) else [q.strip() for q in queries]
+    queries = [q.strip() for q in ([queries] if isinstance(queries, str) else queries)]
     if not queries or any(not q for q in queries):
         raise ValueError("detection needs one or more non-empty text queries")
     picture = to_rgb(image if isinstance(image, Image.Image) else load_image(image))

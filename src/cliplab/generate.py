@@ -44,6 +44,7 @@ class FourierImage(torch.nn.Module):
         fx = torch.fft.rfftfreq(size)[None, :]
         frequency = torch.sqrt(fx**2 + fy**2).clamp(min=1.0 / size)
         self.register_buffer("scale", 0.25 / frequency**decay, persistent=False)  # Lucid's scaling
+        self.register_buffer("colour", _COLOUR_SQRT.clone(), persistent=False)
         self.size = size
         spectrum = torch.randn(3, size, size // 2 + 1, 2, generator=generator) * init_std
         if init is not None:
@@ -53,7 +54,7 @@ class FourierImage(torch.nn.Module):
     def forward(self) -> torch.Tensor:
         coefficients = torch.view_as_complex(self.spectrum) * self.scale
         decorrelated = torch.fft.irfft2(coefficients, s=(self.size, self.size), norm="ortho")
-        rgb = torch.einsum("ij,jhw->ihw", _COLOUR_SQRT, decorrelated)
+        rgb = torch.einsum("ij,jhw->ihw", self.colour, decorrelated)
         return torch.sigmoid(rgb)[None]
 
     def _spectrum_of(self, image: ImageInput) -> torch.Tensor:
@@ -91,8 +92,9 @@ def cutouts(image: torch.Tensor, n: int, out_size: int, generator: torch.Generat
             crop = crop.flip(-1)
         crops.append(crop)
     batch = torch.cat(crops)
-    shift = (torch.rand(n, 3, 1, 1, generator=generator) - 0.5) * 2 * jitter
-    return (batch + shift + noise * torch.randn(batch.shape, generator=generator)).clamp(0, 1)
+    shift = (torch.rand(n, 3, 1, 1, generator=generator) - 0.5) * 2 * jitter  # drawn on the CPU: device-independent
+    grain = noise * torch.randn(batch.shape, generator=generator)
+    return (batch + shift.to(batch.device) + grain.to(batch.device)).clamp(0, 1)
 
 
 @dataclass
