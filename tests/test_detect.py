@@ -193,3 +193,10 @@ def test_cli_explain_and_errors(model_and_image, tmp_path, capsys):
     assert "no such image file" in capsys.readouterr().err
     assert main(["detect", image, "a cat", "--model", model, "--scales", "0,2"]) == 1
     assert "--scales" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["detect", "explain", "generate"])
+def test_cli_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "--json" in capsys.readouterr().out
