@@ -380,6 +380,110 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), device=args.device)
 
 
+# ---- detection, guided generation and relevance maps (cliplab.detect, cliplab.generate)
+
+
+def _detect_options(args: argparse.Namespace) -> dict:
+    scales = tuple(float(v) for v in args.scales.split(","))
+    if not scales or any(not 0 < v <= 1 for v in scales):
+        raise CommandError(f"--scales must be fractions in (0, 1], got {args.scales}")
+    return {"scales": scales, "overlap": args.overlap, "background": args.background, "progress": not args.json}
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from .detect import detect, draw_overlay
+
+    image = _check_files([args.image])[0]
+    result = detect(_load(args), image, args.queries, threshold=args.threshold, max_boxes=args.max_boxes,
+                    **_detect_options(args))
+    if args.out:
+        draw_overlay(image, result, args.out)
+    if args.json:
+        print(json.dumps({"image": image, "boxes": [d.to_dict() for d in result.boxes], "overlay": args.out},
+                         indent=2))
+    else:
+        for d in result.boxes:
+            print(f"{d.score:6.3f}  {d.label}  [{', '.join(map(str, d.box))}]")
+        if not result.boxes:
+            print(f"no box scored {args.threshold} or more (try a lower --threshold)")
+        if args.out:
+            print(f"overlay written to {args.out}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .detect import relevance_map, save_relevance
+
+    image = _check_files([args.image])[0]
+    heatmap = relevance_map(_load(args), image, args.text, **_detect_options(args))
+    save_relevance(image, heatmap, args.text, args.out)
+    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    summary = {"image": image, "text": args.text, "out": args.out, "peak": [int(x), int(y)],
+               "max": round(float(heatmap.max()), 6), "min": round(float(heatmap.min()), 6)}
+    print(json.dumps(summary, indent=2) if args.json else
+          f"relevance of {args.text!r}: peak at x={x}, y={y} ({heatmap.max():.3f}); map written to {args.out}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    if args.init:
+        _check_files([args.init])
+    result = generate(_load(args), args.prompt, steps=args.steps, seed=args.seed, size=args.size,
+                      cutouts_per_step=args.cutouts, lr=args.lr, init=args.init, progress=not args.json)
+    paths = result.save(args.out)
+    summary = {**paths, "prompt": args.prompt, "seed": args.seed, "steps": args.steps,
+               "start_similarity": round(result.similarities[0], 6),
+               "final_similarity": round(result.final_similarity, 6)}
+    print(json.dumps(summary, indent=2) if args.json else
+          f"cosine to {args.prompt!r}: {result.similarities[0]:.3f} -> {result.final_similarity:.3f}\n"
+          f"image {paths['image']}, intermediates {paths['strip']}, curve {paths['curve']}")
+    return 0
+
+
+def _add_vision_parsers(sub) -> None:
+    from .detect import BACKGROUND_PROMPTS, WINDOW_SCALES
+
+    def window_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--scales", default=",".join(map(str, WINDOW_SCALES)),
+                       help="window sides as fractions of the image's shorter side, comma-separated")
+        p.add_argument("--overlap", type=float, default=0.75, help="overlap of neighbouring windows (default 0.75)")
+        p.add_argument("--background", nargs="+", default=list(BACKGROUND_PROMPTS), metavar="TEXT",
+                       help="neutral prompts the queries are contrasted with")
+        p.add_argument("--json", action="store_true")
+        _model_args(p)
+
+    p = sub.add_parser("detect", help="find where texts are in an image: sliding-window boxes and heatmaps")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="what to look for, e.g. 'a fluffy cat'")
+    p.add_argument("--out", help="save the heatmap overlay with boxes and labels (PNG)")
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum box score, a probability (default 0.5)")
+    p.add_argument("--max-boxes", type=int, default=3, help="boxes per query at most (default 3)")
+    window_args(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("explain", help="a relevance map: where in an image the model sees a text")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--out", required=True, help="PNG: the image beside its relevance map")
+    window_args(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("generate", help="generate an image by steering it towards a text until CLIP agrees")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--out", required=True, help="the image (PNG); *_strip.png and *_curve.png are written beside it")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=None, help="side in pixels (default: twice the model's input)")
+    p.add_argument("--cutouts", type=int, default=16, help="random crops per step (default 16)")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--init", help="start from this image instead of noise")
+    p.add_argument("--json", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .checkpoints import FORMATS
     from .templates import TEMPLATE_SETS
@@ -515,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="folder for the demo's pictures (default: out/demo)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_demo)
+    _add_vision_parsers(sub)
     return parser
 
 
