@@ -87,6 +87,14 @@ def test_windows_cover_the_image_at_every_scale_within_its_bounds():
         assert (cover == 1).all()  # every pixel under some window of each scale
 
 
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (7, 40)])
+def test_images_smaller_than_the_minimum_window_are_one_window_wide(size):
+    windows = sliding_windows(*size)
+    side = min(size)
+    assert len(windows) >= 1 and ((windows[:, 2] - windows[:, 0]) == side).all()
+    assert (windows[:, 2] <= size[0]).all() and (windows[:, 3] <= size[1]).all()
+
+
 def test_heatmap_is_the_mean_of_the_covering_windows():
     rng = np.random.default_rng(0)
     windows = sliding_windows(40, 30, scales=(0.4, 0.7), overlap=0.5)

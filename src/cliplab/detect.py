@@ -84,7 +84,8 @@ def sliding_windows(width: int, height: int, scales: Sequence[float] = WINDOW_SC
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     boxes = []
     for scale in scales:
-        side = max(min_side, min(round(scale * min(width, height)), width, height))
+        # At least min_side, at most the image (an image smaller than min_side is one window).
+        side = min(max(min_side, round(scale * min(width, height))), width, height)
         stride = max(1, round(side * (1 - overlap)))
         xs = _starts(width, side, stride)
         ys = _starts(height, side, stride)
