@@ -132,3 +132,26 @@ def test_convert_to_onnx_on_the_command_line(tmp_path):
     assert main(["convert", str(tmp_path / "model"), str(tmp_path / "onnx"), "--to", "onnx"]) == 0
     assert {p.name for p in (tmp_path / "onnx").iterdir()} == {"image_encoder.onnx", "text_encoder.onnx",
                                                                "cliplab_onnx.json"}
+
+
+def test_batched_preprocessing_equals_per_image_and_draft_is_close(tmp_path):
+    """The vectorised batch gives the per-image numbers exactly; draft JPEG decoding is opt-in and close."""
+    from PIL import Image
+
+    from cliplab.preprocess import DRAFT_FACTOR, Preprocessor, load_image
+
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), np.ones((40, 40, 1), dtype=np.uint8))
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(smooth).save(path, quality=95)  # 1280 x 960
+    images = [str(path), Image.fromarray(smooth[:700, :500])]
+    exact = Preprocessor(image_size=64)
+    batch = exact.batch(images)
+    assert torch.equal(batch, torch.stack([exact(image) for image in images]))
+    assert exact.draft_size is None and load_image(path).size == (1280, 960)
+    draft = Preprocessor(image_size=64, draft=True)
+    decoded = load_image(path, draft.draft_size)
+    assert min(decoded.size) >= DRAFT_FACTOR * 64 and decoded.size[0] < 1280
+    reduced = draft.batch(images)
+    assert torch.equal(reduced[1], batch[1])  # PIL images are not re-decoded
+    assert F.cosine_similarity(reduced[0].flatten(), batch[0].flatten(), dim=0) > 0.99
