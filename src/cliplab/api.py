@@ -178,6 +178,7 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
         path = resolve(name, cache_dir)
     ckpt = read_checkpoint(path, quick_gelu=quick_gelu)
     model = build_model(ckpt)
+    ckpt.state_dict = model.state_dict()  # the same values, shared with the model rather than kept twice
     preprocess = Preprocessor(PreprocessConfig.from_dict(ckpt.preprocess))
     if preprocess.image_size != model.image_size:
         raise CheckpointError(

@@ -108,18 +108,23 @@ def inference_model(model: CLIP, dtype: torch.dtype, device: str | torch.device)
     device = torch.device(device)
     if dtype == torch.float32:
         return model
+    fused = device.type == "cpu" and _fused_linear_available()
     norm_params = {f"{name}.{p}" for name, module in model.named_modules() if isinstance(module, _NORMS)
                    for p, _ in module.named_parameters(recurse=False)}
     state = {k: v.to(device, dtype) if v.is_floating_point() and k not in norm_params else v.to(device)
-             for k, v in model.state_dict().items()}
+             for k, v in model.state_dict().items() if not (fused and ".resblocks." in k)}
     with torch.device("meta"):
         fast = CLIP(model.config)
-    fast.load_state_dict(state, assign=True)
+    fast.load_state_dict(state, strict=not fused, assign=True)
     fast.eval().requires_grad_(False)
     for module in fast.modules():
         if isinstance(module, nn.BatchNorm2d):  # running statistics stay float32 too
             module.float()
-    if device.type == "cpu" and _fused_linear_available():
-        for transformer in (m for m in fast.modules() if isinstance(m, Transformer)):
-            transformer.resblocks = nn.ModuleList(FusedBlock(block, dtype) for block in transformer.resblocks)
+    if fused:  # built from the float32 blocks, so that folding QuickGELU's scale rounds once
+        for ours, master in zip(_transformers(fast), _transformers(model)):
+            ours.resblocks = nn.ModuleList(FusedBlock(block, dtype).to(device) for block in master.resblocks)
     return fast
+
+
+def _transformers(model: CLIP) -> list[Transformer]:
+    return [m for m in model.modules() if isinstance(m, Transformer)]
