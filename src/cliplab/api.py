@@ -112,7 +112,7 @@ class Pipeline:
         bar = tqdm(total=len(images), unit="img", disable=not progress, desc="embedding images")
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            features = self.encode_image(self.preprocess.batch(chunk))
+            features = self.encode_image(self.preprocess.batch(chunk, pin_memory=self.device.type == "cuda"))
             out[start:start + len(chunk)] = F.normalize(features.float(), dim=-1).cpu().numpy()
             bar.update(len(chunk))
         bar.close()
