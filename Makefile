@@ -31,6 +31,7 @@ bench: $(STAMP) sources
 	$(PYTHON) -m pip install --quiet -e '.[bench]'
 	$(PYTHON) benchmarks/bench_tokenizer.py
 	$(PYTHON) benchmarks/bench_embed.py
+	$(PYTHON) benchmarks/bench_inference.py
 	$(PYTHON) benchmarks/bench_train_vs_open_clip.py --corpus $${CLIPLAB_HOME:-$$HOME/.cache/cliplab}/corpus
 
 # Bad inputs through every entry point, kill -9 / full-disk / two-writer faults, a load test: one table.

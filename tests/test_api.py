@@ -18,7 +18,8 @@ from conftest import random_model
 @pytest.fixture
 def clip(tmp_path) -> cliplab.Pipeline:
     write_checkpoint(random_model(get_preset("ViT-nano")), tmp_path / "model", "cliplab")
-    return cliplab.load(tmp_path / "model", device="cpu")
+    # fp32: these tests check exact equalities; the bf16 path is compared with it in test_inference.py.
+    return cliplab.load(tmp_path / "model", device="cpu", precision="fp32")
 
 
 @pytest.fixture

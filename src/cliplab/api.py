@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoints import CheckpointError, LoadedCheckpoint, build_model, read_checkpoint, resolve
+from .inference import inference_model, precision_name, resolve_precision
 from .model import CLIP
 from .preprocess import ImageInput, Preprocessor, PreprocessConfig
 from .tokenizer import Tokenizer, default_tokenizer
@@ -39,19 +40,45 @@ class Pipeline:
 
     ``encode_image`` / ``encode_text`` return projected, unnormalised features as OpenAI's API does;
     ``embed_images`` / ``embed_texts`` return L2-normalised float32 numpy arrays.
+
+    ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; see :mod:`cliplab.inference`) sets the dtype
+    the encoders compute in; ``auto`` is bf16 where the hardware multiplies it natively. ``model``
+    stays the float32 master (what :meth:`save` writes and training uses); the encoders run
+    ``inference_model``, a reduced-precision copy built on first use.
     """
 
     def __init__(self, model: CLIP, preprocess: Preprocessor | None = None, tokenizer: Tokenizer | None = None,
-                 device: str | torch.device | None = None, name: str = "", checkpoint: LoadedCheckpoint | None = None):
+                 device: str | torch.device | None = None, name: str = "", checkpoint: LoadedCheckpoint | None = None,
+                 precision: str = "auto"):
         self.device = torch.device(device or default_device())
         self.model = model.to(self.device).eval()
         self.preprocess = preprocess or Preprocessor(image_size=model.image_size)
         self.tokenizer = tokenizer or default_tokenizer()
         self.name = name
         self.checkpoint = checkpoint
+        self.dtype = resolve_precision(precision, self.device)
+        self._inference_model: CLIP | None = None
 
     def __repr__(self) -> str:
-        return f"Pipeline(name={self.name!r}, device={self.device}, image_size={self.preprocess.image_size})"
+        return (f"Pipeline(name={self.name!r}, device={self.device}, precision={self.precision}, "
+                f"image_size={self.preprocess.image_size})")
+
+    @property
+    def precision(self) -> str:
+        """The precision the encoders compute in: ``fp32``, ``bf16`` or ``fp16``."""
+        return precision_name(self.dtype)
+
+    @property
+    def inference_model(self) -> CLIP:
+        """The model the encoders run: ``model`` in float32, else its copy in :attr:`dtype` (built once;
+        call :meth:`refresh` after changing ``model``'s weights)."""
+        if self._inference_model is None:
+            self._inference_model = inference_model(self.model, self.dtype, self.device)
+        return self._inference_model
+
+    def refresh(self) -> None:
+        """Forget the reduced-precision copy, so the next encoding uses ``model``'s current weights."""
+        self._inference_model = None
 
     @property
     def embed_dim(self) -> int:
@@ -67,11 +94,13 @@ class Pipeline:
 
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels.to(self.device))
+        """Projected image features ``[N, embed_dim]``, float32, of preprocessed pixels ``[N, 3, H, W]``."""
+        return self.inference_model.encode_image(pixels.to(self.device, non_blocking=True)).float()
 
     @torch.inference_mode()
     def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(token_ids.to(self.device))
+        """Projected text features ``[N, embed_dim]``, float32, of token ids ``[N, L]``."""
+        return self.inference_model.encode_text(token_ids.to(self.device)).float()
 
     def embed_images(self, images: Iterable[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """L2-normalised embeddings ``[N, embed_dim]`` of image paths, bytes or PIL images.
@@ -83,7 +112,7 @@ class Pipeline:
         bar = tqdm(total=len(images), unit="img", disable=not progress, desc="embedding images")
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            features = self.encode_image(self.preprocess.batch(chunk))
+            features = self.encode_image(self.preprocess.batch(chunk, pin_memory=self.device.type == "cuda"))
             out[start:start + len(chunk)] = F.normalize(features.float(), dim=-1).cpu().numpy()
             bar.update(len(chunk))
         bar.close()
@@ -114,6 +143,13 @@ class Pipeline:
         """Cosine similarities ``[n_images, n_texts]``."""
         return self.embed_images(images) @ self.embed_texts(texts).T
 
+    def export_onnx(self, folder: str | os.PathLike) -> Path:
+        """Write ``image_encoder.onnx``, ``text_encoder.onnx`` and their settings to ``folder`` (float32;
+        see :mod:`cliplab.export`; needs the ``onnx`` extra)."""
+        from .export import export_onnx
+
+        return export_onnx(self, folder)
+
     def save(self, dest: str | os.PathLike, format: str = "cliplab", metadata: dict | None = None) -> Path:
         """Write the model in ``format`` (``cliplab``, ``open_clip``, ``huggingface``, ``openai``)."""
         from .checkpoints import write_checkpoint
@@ -122,12 +158,14 @@ class Pipeline:
 
 
 def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-         quick_gelu: bool | None = None, cache_dir: str | os.PathLike | None = None) -> Pipeline:
+         quick_gelu: bool | None = None, cache_dir: str | os.PathLike | None = None,
+         precision: str = "auto") -> Pipeline:
     """Load a CLIP checkpoint from a path or a published name into a :class:`Pipeline`.
 
     ``name_or_path``: a file or folder in any format cliplab reads, a model in ``$CLIPLAB_HOME/models``
     (default ``cliplab-mini``), or a hub name such as ``ViT-B-32/openai`` (needs a network or the
     hub cache). ``quick_gelu`` sets the activation of bare state dicts that do not record it.
+    ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``) is the dtype the encoders compute in.
     """
     name = str(name_or_path or DEFAULT_MODEL)
     path = _named_model_path(name)
@@ -143,9 +181,11 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
         model = build_model(ckpt)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
+    ckpt.state_dict = model.state_dict()  # the same values, shared with the model rather than kept twice
     preprocess = Preprocessor(PreprocessConfig.from_dict(ckpt.preprocess))
     if preprocess.image_size != model.image_size:
         raise CheckpointError(
             f"{path}: preprocessing resizes to {preprocess.image_size} px but the model takes {model.image_size} px"
         )
-    return Pipeline(model, preprocess, Tokenizer(context_length=model.context_length), device, name, ckpt)
+    return Pipeline(model, preprocess, Tokenizer(context_length=model.context_length), device, name, ckpt,
+                    precision=precision)

@@ -37,13 +37,15 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default=None,
                        help="checkpoint path or name (default: cliplab-mini; e.g. ./ckpt, ViT-B-32/openai)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="compute in bf16 or fp32; auto (default): bf16 where the hardware has it natively")
     _activation_args(group)
 
 
 def _load(args: argparse.Namespace):
     from .api import load
 
-    return load(args.model, device=args.device, quick_gelu=args.quick_gelu)
+    return load(args.model, device=args.device, quick_gelu=args.quick_gelu, precision=args.precision)
 
 
 def _split_labels(args: argparse.Namespace) -> list[str]:
@@ -183,10 +185,10 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .api import load
 
-    clip = load(args.source, device="cpu", quick_gelu=args.quick_gelu)
-    written = clip.save(args.dest, format=args.to)
+    clip = load(args.source, device="cpu", quick_gelu=args.quick_gelu, precision="fp32")
+    written = clip.export_onnx(args.dest) if args.to == "onnx" else clip.save(args.dest, format=args.to)
     print(json.dumps({"source": args.source, "dest": str(written), "format": args.to}) if args.json
-          else f"wrote {args.to} checkpoint to {written}")
+          else f"wrote {args.to} {'encoders' if args.to == 'onnx' else 'checkpoint'} to {written}")
     return 0
 
 
@@ -527,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a checkpoint between formats")
     p.add_argument("source", help="checkpoint path or name")
     p.add_argument("dest", help="output folder (a .pt file for --to openai)")
-    p.add_argument("--to", choices=FORMATS, default="cliplab")
+    p.add_argument("--to", choices=(*FORMATS, "onnx"), default="cliplab",
+                   help="a checkpoint format, or onnx: image_encoder.onnx + text_encoder.onnx (needs cliplab[onnx])")
     p.add_argument("--json", action="store_true")
     _activation_args(p)
     p.set_defaults(func=cmd_convert)

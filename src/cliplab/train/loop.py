@@ -220,6 +220,6 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], out_dir: Pat
 def run_eval(model: CLIP, preprocess: Preprocessor, tokenizer: Tokenizer, config: TrainConfig,
              world: World) -> dict[str, Any]:
     model.eval()
-    pipeline = Pipeline(model, preprocess, tokenizer, device=world.device)
+    pipeline = Pipeline(model, preprocess, tokenizer, device=world.device, precision="fp32")  # exact, no copy
     return evaluate(pipeline, config.resolve(config.eval.zeroshot), config.resolve(config.eval.retrieval),
                     config.eval.templates, config.eval.batch_size)

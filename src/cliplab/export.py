@@ -1,0 +1,90 @@
+"""Export a pipeline's two encoders to ONNX for serving elsewhere (onnxruntime, TensorRT, ...).
+
+``export_onnx(pipeline, folder)`` writes
+
+* ``image_encoder.onnx``: ``pixels`` float32 ``[batch, 3, n, n]`` -> ``image_features`` ``[batch, embed_dim]``;
+* ``text_encoder.onnx``: ``token_ids`` int64 ``[batch, context_length]`` -> ``text_features`` ``[batch, embed_dim]``;
+* ``cliplab_onnx.json``: the preprocessing settings, the tokenizer's context length and special ids,
+  the embedding size and the logit scale.
+
+Features are projected and unnormalised, as :meth:`cliplab.Pipeline.encode_image` returns them; the
+graphs compute in float32 from the pipeline's float32 weights. Needs the ``onnx`` extra
+(``pip install 'cliplab[onnx]'``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .api import Pipeline
+    from .model import CLIP
+
+OPSET = 18
+
+
+class _ImageEncoder(nn.Module):
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+
+class _TextEncoder(nn.Module):
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(token_ids)
+
+
+def export_onnx(pipeline: Pipeline, folder: str | os.PathLike) -> Path:
+    """Write the image and text encoders of ``pipeline`` and their settings to ``folder``; returns it."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError as exc:
+        raise ImportError("ONNX export needs the onnx extra: pip install 'cliplab[onnx]'") from exc
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(pipeline.model).float().cpu().eval()  # the float32 master, on the CPU
+    n, context = model.image_size, model.context_length
+    pixels = torch.zeros(2, 3, n, n)
+    # The text tower computes only up to the batch's last end token; traced with an end token in the
+    # last position, the graph keeps all context_length positions and reads each row at its own end.
+    token_ids = torch.zeros(2, context, dtype=torch.long)
+    token_ids[:, 0], token_ids[:, -1] = pipeline.tokenizer.sot_token_id, pipeline.tokenizer.eot_token_id
+    batch = {0: "batch"}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes on Python-side shape logic: the end-token slice is traced at full length, on purpose.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter; torch.export cannot trace
+        warnings.filterwarnings("ignore", message=".*aten::index.*")  # the data-dependent end-token slice yet
+        torch.onnx.export(_ImageEncoder(model), (pixels,), str(folder / "image_encoder.onnx"), dynamo=False,
+                          input_names=["pixels"], output_names=["image_features"], opset_version=OPSET,
+                          dynamic_axes={"pixels": batch, "image_features": batch})
+        torch.onnx.export(_TextEncoder(model), (token_ids,), str(folder / "text_encoder.onnx"), dynamo=False,
+                          input_names=["token_ids"], output_names=["text_features"], opset_version=OPSET,
+                          dynamic_axes={"token_ids": batch, "text_features": batch})
+    settings = {
+        "image_encoder": "image_encoder.onnx",
+        "text_encoder": "text_encoder.onnx",
+        "preprocess": pipeline.preprocess.config.to_dict(),
+        "tokenizer": {"context_length": context, "sot_id": pipeline.tokenizer.sot_token_id,
+                      "eot_id": pipeline.tokenizer.eot_token_id, "pad_id": 0},
+        "embed_dim": pipeline.embed_dim,
+        "logit_scale": pipeline.logit_scale,
+        "outputs": "projected, unnormalised features (L2-normalise before comparing)",
+    }
+    (folder / "cliplab_onnx.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return folder
