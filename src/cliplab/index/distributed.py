@@ -24,19 +24,20 @@ from .store import NewItem, Store
 class _EmbedFiles:
     """A Ray Data actor: decodes and embeds batches of files with its own copy of the pipeline."""
 
-    def __init__(self, pipeline_ref):
+    def __init__(self, pipeline_ref, draft: bool = True):
         import ray
         import torch
 
         torch.set_num_threads(max(1, int(os.environ.get("CLIPLAB_RAY_THREADS", "1"))))
         self.pipeline = ray.get(pipeline_ref) if isinstance(pipeline_ref, ray.ObjectRef) else pipeline_ref
+        self.draft = draft
 
     def __call__(self, batch: dict) -> dict:
         import torch
         import torch.nn.functional as F
 
         entries = [FileEntry(str(k), int(s), int(m)) for k, s, m in zip(batch["key"], batch["size"], batch["mtime_ns"])]
-        files = ImageFiles(entries, self.pipeline.preprocess)
+        files = ImageFiles(entries, self.pipeline.preprocess, self.draft)
         decoded = [files[i] for i in range(len(files))]
         good = [d for d in decoded if d.pixels is not None]
         dim = self.pipeline.embed_dim
@@ -57,7 +58,7 @@ class _EmbedFiles:
 
 
 def embed_on_ray(pipeline, entries: Sequence[FileEntry], shard_dir: Path, batch_size: int = 64,
-                 actors: int | None = None) -> list[Path]:
+                 actors: int | None = None, draft: bool = True) -> list[Path]:
     """Run the Ray Data job over ``entries`` and return the Parquet shards it wrote."""
     import ray
 
@@ -67,7 +68,7 @@ def embed_on_ray(pipeline, entries: Sequence[FileEntry], shard_dir: Path, batch_
     resources = ray.cluster_resources()
     actors = actors or max(1, int(resources.get("CPU", 1)))
     dataset = ray.data.from_items([{"key": e.key, "size": e.size, "mtime_ns": e.mtime_ns} for e in entries])
-    embedded = dataset.map_batches(_EmbedFiles, fn_constructor_kwargs={"pipeline_ref": ray.put(pipeline)},
+    embedded = dataset.map_batches(_EmbedFiles, fn_constructor_kwargs={"pipeline_ref": ray.put(pipeline), "draft": draft},
                                    batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
                                        size=actors), num_cpus=1)
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ def ingest_shards(store: Store, shards: Sequence[Path], report: IndexReport) -> 
 
 def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike] = (),
                    address: str = "auto", captions: str | os.PathLike | None = None, batch_size: int = 64,
-                   progress: bool = True, actors: int | None = None) -> IndexReport:
+                   progress: bool = True, actors: int | None = None, draft: bool = True) -> IndexReport:
     """:func:`cliplab.index.index_paths` with decoding and image embedding on a Ray cluster.
 
     ``address``: a cluster address (``ray://head:10001`` or ``head:6379``), ``auto`` for the cluster
@@ -115,7 +116,7 @@ def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str |
             shard_dir = store.root / "shards" / f"run-{int(time.time() * 1000)}"
             try:
                 embed_started = time.perf_counter()
-                shards = embed_on_ray(pipeline, plan.to_embed, shard_dir, batch_size, actors)
+                shards = embed_on_ray(pipeline, plan.to_embed, shard_dir, batch_size, actors, draft)
                 ingest_shards(store, shards, report)
                 report.images_per_second = report.embedded / (time.perf_counter() - embed_started)
             finally:
