@@ -32,6 +32,8 @@ bench: $(STAMP) sources
 	$(PYTHON) benchmarks/bench_tokenizer.py
 	$(PYTHON) benchmarks/bench_embed.py
 	$(PYTHON) benchmarks/bench_inference.py
+	$(PYTHON) benchmarks/bench_search.py
+	$(PYTHON) benchmarks/bench_index.py
 	$(PYTHON) benchmarks/bench_train_vs_open_clip.py --corpus $${CLIPLAB_HOME:-$$HOME/.cache/cliplab}/corpus
 
 # Bad inputs through every entry point, kill -9 / full-disk / two-writer faults, a load test: one table.
