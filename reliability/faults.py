@@ -39,8 +39,41 @@ def _store_snapshot(store_dir: Path) -> dict[str, bytes]:
         return {row[0]: row[1] for row in store._db.execute("SELECT key, vector FROM items")}
 
 
-def kill_indexing(model: str, work: Path, kills: int = 20, photos: int = 400, seed: int = 0,
-                  max_delay_s: float = 8.0) -> dict:
+def _kill_at_a_random_moment(process: subprocess.Popen, rng: random.Random, max_delay_s: float,
+                             progressing) -> None:
+    """SIGKILL ``process``: one time in four while it starts up (uniform up to ``max_delay_s``),
+    otherwise at a uniform moment up to ``max_delay_s / 4`` after ``progressing()`` first holds, so
+    most kills land in the middle of real work rather than before it or after the end."""
+    if rng.random() < 0.25:
+        time.sleep(rng.uniform(0.1, max_delay_s))
+    else:
+        deadline = time.time() + 120
+        while process.poll() is None and time.time() < deadline and not progressing():
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, max_delay_s / 4))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _committed(store_dir: Path) -> int:
+    if not (store_dir / "store.sqlite").exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{store_dir / 'store.sqlite'}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return 0
+
+
+def _last_step(run: Path) -> int:
+    try:
+        return max((s for s, _ in losses(run)), default=0) if (run / "metrics.jsonl").exists() else 0
+    except ValueError:  # a line being written
+        return 0
+
+
+def kill_indexing(model: str, work: Path, kills: int = 20, photos: int = 8000, seed: int = 0,
+                  max_delay_s: float = 6.0) -> dict:
     """Kill ``cliplab index`` with SIGKILL ``kills`` times at random moments, then let it finish.
 
     After every kill the store must open and pass SQLite's integrity check, and hold every item an
@@ -58,9 +91,8 @@ def kill_indexing(model: str, work: Path, kills: int = 20, photos: int = 400, se
     opened, lost, counts = 0, 0, []
     for _ in range(kills):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, max_delay_s))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        before = len(seen)
+        _kill_at_a_random_moment(process, rng, max_delay_s, lambda: _committed(store) > before)
         if not (store / "store.sqlite").exists():
             counts.append(0)
             continue
@@ -83,7 +115,7 @@ def kill_indexing(model: str, work: Path, kills: int = 20, photos: int = 400, se
             "max_vector_diff": max_diff}
 
 
-def kill_training(work: Path, kills: int = 20, steps: int = 40, seed: int = 0, max_delay_s: float = 8.0) -> dict:
+def kill_training(work: Path, kills: int = 20, steps: int = 80, seed: int = 0, max_delay_s: float = 6.0) -> dict:
     """Kill ``cliplab train --resume`` with SIGKILL ``kills`` times, then let it finish: the loss curve
     and the final weights must equal an uninterrupted run's bit for bit."""
     import torch
@@ -102,10 +134,9 @@ def kill_training(work: Path, kills: int = 20, steps: int = 40, seed: int = 0, m
     progress = []
     for _ in range(kills):
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, max_delay_s))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        progress.append(max((s for s, _ in losses(run)), default=0) if (run / "metrics.jsonl").exists() else 0)
+        last = progress[-1] if progress else 0
+        _kill_at_a_random_moment(process, rng, max_delay_s, lambda: _last_step(run) > last)
+        progress.append(_last_step(run))
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     a = read_checkpoint(straight / "model").state_dict
     b = read_checkpoint(run / "model").state_dict
