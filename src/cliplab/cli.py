@@ -17,6 +17,9 @@ EXAMPLES = """examples:
   cliplab similarity --images a.jpg b.jpg --texts "a cat" "a dog" --plot matrix.png
   cliplab convert ViT-B-32.pt exported/ --to huggingface
   cliplab info exported/
+  cliplab index ~/Pictures --store photos.store && cliplab search photos.store "a red car" -k 5
+  cliplab serve photos.store                      # http://127.0.0.1:8000/
+  cliplab detect scene.png "a fluffy cat" --out overlay.png
 """
 
 
