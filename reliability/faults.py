@@ -7,6 +7,7 @@ look did not find (must be 0). Used by ``tests/test_reliability.py`` (a few kill
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -59,7 +60,8 @@ def _committed(store_dir: Path) -> int:
     if not (store_dir / "store.sqlite").exists():
         return 0
     try:
-        with sqlite3.connect(f"file:{store_dir / 'store.sqlite'}?mode=ro", uri=True, timeout=5) as db:
+        with contextlib.closing(sqlite3.connect(f"file:{store_dir / 'store.sqlite'}?mode=ro", uri=True,
+                                                timeout=5)) as db:
             return db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
     except sqlite3.DatabaseError:
         return 0

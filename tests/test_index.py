@@ -276,3 +276,29 @@ def test_index_killed_with_sigkill_keeps_committed_batches_and_the_next_run_fini
         want = {i.key: reference.vector(i.id) for i in reference.iter_items()}
         assert got.keys() == want.keys() and len(got) == 90
         assert max(float(np.abs(got[k] - want[k]).max()) for k in got) < 1e-5
+
+
+def test_captions_file_is_the_whole_set_of_texts(pipeline, photos, captions, tmp_path):
+    index_paths(pipeline, tmp_path / "store", [photos], captions=captions, workers=0, progress=False)
+    captions.write_text("id,text\nc1,a red square\nc2,a green, round thing\n")  # c2 changed, c3 gone
+    report = index_paths(pipeline, tmp_path / "store", [photos], captions=captions, workers=0, progress=False)
+    assert (report.texts_embedded, report.texts_unchanged, report.texts_deleted, report.deleted) == (1, 1, 1, 0)
+    with Store(tmp_path / "store") as store:
+        assert sorted(store.text_states()) == ["text:c1", "text:c2"]
+    report = index_paths(pipeline, tmp_path / "store", [photos], workers=0, progress=False)  # no file: texts kept
+    assert report.texts_deleted == 0 and report.total_texts == 2
+
+
+def test_readers_search_exactly_until_the_ivf_index_is_saved_then_load_it(pipeline, photos, tmp_path, monkeypatch):
+    monkeypatch.setattr(ann, "EXACT_LIMIT", 8)
+    index_paths(pipeline, tmp_path / "store", [photos], workers=0, progress=False, update_ann=False)
+    with Searcher(pipeline, tmp_path / "store") as searcher:
+        assert searcher._indexes["image"].params.type == "flat"  # no k-means training in a reader
+        with Store(tmp_path / "store", writer=True) as store:
+            ann.refresh_indexes(store)
+        searcher.refresh()
+        assert searcher._indexes["image"].params.type == "ivf"
+        write_images(photos / "later", 2, seed=8)
+        index_paths(pipeline, tmp_path / "store", [photos], workers=0, progress=False, update_ann=False)
+        searcher.refresh()  # synced in place: the new items are found without a rebuild
+        assert len(searcher._indexes["image"]) == 14 and searcher._indexes["image"].params.type == "ivf"

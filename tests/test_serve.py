@@ -128,6 +128,17 @@ def test_token_is_required_when_set(served):
     assert client.get("/api/search", params={"q": "a", "token": "s3cret"}).status_code == 200
 
 
+def test_oversized_bodies_are_refused_before_they_are_read_and_bearer_is_case_insensitive(served):
+    pipeline, root = served
+    client = TestClient(create_app(pipeline, str(root / "store"), ServeSettings(token="s3cret",
+                                                                                max_upload_bytes=1000)))
+    headers = {"Authorization": "bearer s3cret", "Content-Length": str(10**9)}
+    response = client.post("/api/search", content=b"{}", headers=headers)
+    assert response.status_code == 413 and "larger than 1000 bytes" in response.json()["detail"]
+    assert client.get("/api/health").json() == {"status": "ok"}  # no store details without the token
+    assert client.get("/api/health", headers={"Authorization": "Bearer s3cret"}).json()["images"] == 12
+
+
 def test_serving_beyond_localhost_needs_a_token(served, capsys):
     from cliplab.cli import main
 

@@ -311,7 +311,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         from .index.distributed import index_with_ray
 
         report = index_with_ray(pipeline, args.store, args.paths, address=args.ray, captions=args.captions,
-                                batch_size=args.batch_size, progress=not args.json, draft=not args.exact_decode)
+                                batch_size=args.batch_size, progress=not args.json, draft=not args.exact_decode,
+                                wait=args.wait)
     else:
         report = index_paths(pipeline, args.store, args.paths, captions=args.captions, batch_size=args.batch_size,
                              workers=args.workers, progress=not args.json, wait=args.wait,
@@ -594,8 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: a quarter of the cores; 0 decodes in the main process)")
     p.add_argument("--wait", action="store_true", help="if another indexer holds the store, wait instead of failing")
     p.add_argument("--exact-decode", action="store_true",
-                   help="decode JPEGs at full size (default: libjpeg's reduced scale, still at least twice the "
-                        "model's input size; several times faster, embeddings within ~1e-4 in cosine)")
+                   help="decode JPEGs at full size (default: libjpeg's smallest reduced scale that still covers "
+                        "the model's input; about twice as fast for photos, embeddings within ~1e-5 in cosine)")
     p.add_argument("--ray", metavar="ADDRESS", help="decode and embed on a Ray cluster (an address, or 'auto')")
     p.add_argument("--json", action="store_true")
     _model_args(p)

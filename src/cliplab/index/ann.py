@@ -8,7 +8,8 @@ number of lists scanned) can be tuned against exact search on the store's own ve
 The tuned index is derived data, saved in one file per kind (``ann/image.npz``, ``ann/text.npz``)
 by ``cliplab index`` and replaced atomically. Opening a store loads it and brings it up to date
 with whatever was committed since (new ids are always larger; removed ids are dropped), so searches
-reflect every committed item even while an indexer is running.
+reflect every committed item even while an indexer is running. Until a large kind's first IVF
+index is saved, readers search it exactly.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class AnnParams:
     nprobe: int = 0
     built_count: int = 0
     tuned_recall: float = 1.0
+    store_created: str = ""  # the store's creation stamp: an index never outlives a re-created store
 
 
 class VectorIndex:
@@ -200,16 +202,30 @@ def ann_path(store_root: Path, kind: str) -> Path:
     return Path(store_root) / "ann" / f"{kind}.npz"
 
 
+def load_saved(store, kind: str) -> VectorIndex | None:
+    """The saved index of one kind, if there is one and it belongs to this store."""
+    saved = VectorIndex.load(ann_path(store.root, kind))
+    if saved is None or saved.params.store_created != (store.meta("created") or ""):
+        return None
+    return saved
+
+
+def sync_with_store(index: VectorIndex, store, kind: str) -> None:
+    """Bring ``index`` up to date with the store's committed items, read in one snapshot."""
+    ids, (new_ids, new_vectors) = store.snapshot(lambda: (store.ids(kind), store.vectors(kind, after_id=index.max_id)))
+    index.sync(ids, new_ids, new_vectors)
+
+
 def open_index(store, kind: str) -> VectorIndex:
-    """The search index of one kind, up to date with the store's committed items."""
-    count = store.count(kind)
-    saved = VectorIndex.load(ann_path(store.root, kind)) if count >= EXACT_LIMIT else None
+    """The search index of one kind, up to date with the store's committed items: the saved IVF index
+    when there is one, otherwise exact search (also for a large kind whose first indexing run has not
+    yet saved its IVF index: training one per reader would stall it)."""
+    saved = load_saved(store, kind) if store.count(kind) >= EXACT_LIMIT else None
     if saved is not None:
-        new_ids, new_vectors = store.vectors(kind, after_id=saved.max_id)
-        saved.sync(store.ids(kind), new_ids, new_vectors)
+        sync_with_store(saved, store, kind)
         return saved
     ids, vectors = store.vectors(kind)
-    return build_index(kind, ids, vectors)
+    return flat_index(kind, ids, vectors)
 
 
 def refresh_indexes(store) -> dict[str, AnnParams]:
@@ -223,7 +239,7 @@ def refresh_indexes(store) -> dict[str, AnnParams]:
             path.unlink(missing_ok=True)
             params[kind] = AnnParams(kind, "flat", built_count=count)
             continue
-        saved = VectorIndex.load(path)
+        saved = load_saved(store, kind)
         if saved is None or saved.params.type != "ivf" or count > REBUILD_GROWTH * saved.params.built_count:
             ids, vectors = store.vectors(kind)
             other = "text" if kind == "image" else "image"
@@ -231,8 +247,8 @@ def refresh_indexes(store) -> dict[str, AnnParams]:
             index = ivf_index(kind, ids, vectors, other_queries=other_queries)
         else:
             index = saved
-            new_ids, new_vectors = store.vectors(kind, after_id=saved.max_id)
-            index.sync(store.ids(kind), new_ids, new_vectors)
+            sync_with_store(index, store, kind)
+        index.params.store_created = store.meta("created") or ""
         try:
             index.save(path)
         except OSError as error:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from .indexer import FileEntry, ImageFiles, IndexReport, indexing_run
-from .store import NewItem, Store
+from .indexer import DecodedFile, FileEntry, ImageFiles, IndexReport, commit_decoded, indexing_run, is_unchanged
+from .store import Store
 
 
 class _EmbedFiles:
@@ -81,25 +81,19 @@ def ingest_shards(store: Store, shards: Sequence[Path], report: IndexReport) -> 
     stored = store.file_states()
     for shard in shards:
         table = pq.read_table(shard).to_pydict()
-        items, failures = [], []
+        decoded, vectors = [], {}
         for key, size, mtime_ns, sha, error, vector in zip(table["key"], table["size"], table["mtime_ns"],
                                                            table["sha256"], table["error"], table["vector"]):
-            if error:
-                failures.append((key, key, size, mtime_ns, error))
-            elif key in stored and stored[key][3] == sha:
-                store.touch(key, size, mtime_ns)
-                report.touched += 1
-            else:
-                items.append(NewItem(key, "image", np.asarray(vector, np.float32), path=key, size=size,
-                                     mtime_ns=mtime_ns, sha256=sha))
-        store.put(items, failures)
-        report.embedded += len(items)
-        report.failed += [{"path": key, "reason": reason} for key, _, _, _, reason in failures]
+            decoded.append(DecodedFile(FileEntry(key, size, mtime_ns), sha or None, None, error or None))
+            if not error and not is_unchanged(stored, key, sha):
+                vectors[key] = np.asarray(vector, np.float32)
+        commit_decoded(store, decoded, vectors, stored, report)
 
 
 def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike] = (),
                    address: str = "auto", captions: str | os.PathLike | None = None, batch_size: int = 64,
-                   progress: bool = True, actors: int | None = None, draft: bool = True) -> IndexReport:
+                   progress: bool = True, actors: int | None = None, draft: bool = True,
+                   wait: bool = False) -> IndexReport:
     """:func:`cliplab.index.index_paths` with decoding and image embedding on a Ray cluster.
 
     ``address``: a cluster address (``ray://head:10001`` or ``head:6379``), ``auto`` for the cluster
@@ -107,12 +101,13 @@ def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str |
     """
     import ray
 
-    with indexing_run(pipeline, store_dir, roots, captions, batch_size, progress) as (store, plan, report):
+    with indexing_run(pipeline, store_dir, roots, captions, batch_size, progress, wait) as (store, plan, report):
         if plan.to_embed:
             started_ray = not ray.is_initialized()
             if started_ray:
                 ray.init(address=None if address == "local" else address, log_to_driver=False,
                          include_dashboard=False, logging_level="error")
+            shutil.rmtree(store.root / "shards", ignore_errors=True)  # left by a killed run: re-embedded below
             shard_dir = store.root / "shards" / f"run-{int(time.time() * 1000)}"
             try:
                 embed_started = time.perf_counter()

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..preprocess import ImageLoadError, Preprocessor, load_image
-from .scan import FileEntry, Plan, find_images, make_plan, read_captions
+from .scan import TEXT_KEY_PREFIX, FileEntry, Plan, find_images, make_plan, read_captions
 from .store import ModelIdentity, NewItem, Store
 
 
@@ -117,6 +117,7 @@ class IndexReport:
     known_failures: int = 0
     texts_embedded: int = 0
     texts_unchanged: int = 0
+    texts_deleted: int = 0
     seconds: float = 0.0
     images_per_second: float = 0.0
     total_images: int = 0
@@ -143,18 +144,17 @@ def indexing_run(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | o
 
     started = time.perf_counter()
     identity = model_identity(pipeline)
-    store = Store.create(store_dir, identity) if not (Path(store_dir) / "store.sqlite").exists() \
-        else Store(store_dir, writer=True, wait=wait)
-    with store:
+    with Store.create(store_dir, identity, wait=wait) as store:
         store.check_model(identity)
-        caption_pairs = read_captions(captions) if captions else []
+        caption_pairs = read_captions(captions) if captions else None
         plan = make_plan(find_images(roots), store.file_states(), store.failure_states(), roots, caption_pairs,
                          store.text_states())
         report = IndexReport(store=str(store.root), unchanged=plan.unchanged, known_failures=plan.known_failures,
                              texts_unchanged=plan.texts_unchanged)
         if plan.deleted:
             store.put([], delete_keys=plan.deleted)
-            report.deleted = len(plan.deleted)
+            report.deleted = sum(not key.startswith(TEXT_KEY_PREFIX) for key in plan.deleted)
+            report.texts_deleted = len(plan.deleted) - report.deleted
         _embed_texts(pipeline, store, plan.texts, batch_size * 4, progress, report)
         yield store, plan, report
         report.total_images, report.total_texts = store.count("image"), store.count("text")
@@ -208,22 +208,31 @@ def _embed_files(pipeline, store: Store, entries: list[FileEntry], batch_size: i
 def _commit_batches(pipeline, store: Store, loader, stored: dict, report: IndexReport, bar) -> None:
     for batch in loader:
         good = [d for d in batch if d.pixels is not None]
-        failures = [(d.entry.key, d.entry.key, d.entry.size, d.entry.mtime_ns, d.error) for d in batch if d.error]
-        # A file whose modification time changed but whose bytes did not keeps its vector.
-        unchanged = {d.entry.key for d in good if d.entry.key in stored and stored[d.entry.key][3] == d.sha256}
-        same = [d for d in good if d.entry.key in unchanged]
-        fresh = [d for d in good if d.entry.key not in unchanged]
-        items = []
+        fresh = [d for d in good if not is_unchanged(stored, d.entry.key, d.sha256)]
+        vectors = []
         if fresh:
             with torch.inference_mode():
                 features = pipeline.encode_image(torch.stack([d.pixels for d in fresh]))
             vectors = F.normalize(features.float(), dim=-1).cpu().numpy()
-            items = [NewItem(d.entry.key, "image", vector, path=d.entry.key, size=d.entry.size,
-                             mtime_ns=d.entry.mtime_ns, sha256=d.sha256) for d, vector in zip(fresh, vectors)]
-        store.put(items, failures)
-        for d in same:
-            store.touch(d.entry.key, d.entry.size, d.entry.mtime_ns)
-        report.embedded += len(items)
-        report.touched += len(same)
-        report.failed += [{"path": key, "reason": reason} for key, _, _, _, reason in failures]
+        commit_decoded(store, batch, dict(zip((d.entry.key for d in fresh), vectors)), stored, report)
         bar.update(len(batch))
+
+
+def is_unchanged(stored: dict, key: str, sha256: str | None) -> bool:
+    """A file whose modification time changed but whose bytes did not keeps its vector."""
+    return key in stored and stored[key][3] == sha256
+
+
+def commit_decoded(store: Store, decoded: Sequence[DecodedFile], vectors: dict, stored: dict,
+                   report: IndexReport) -> None:
+    """One transaction for a batch: new vectors (``key -> vector``), failures with their reasons, and
+    the new size/mtime of files whose bytes did not change."""
+    items = [NewItem(d.entry.key, "image", vectors[d.entry.key], path=d.entry.key, size=d.entry.size,
+                     mtime_ns=d.entry.mtime_ns, sha256=d.sha256) for d in decoded if d.entry.key in vectors]
+    failures = [(d.entry.key, d.entry.key, d.entry.size, d.entry.mtime_ns, d.error) for d in decoded if d.error]
+    touches = [(d.entry.key, d.entry.size, d.entry.mtime_ns) for d in decoded
+               if not d.error and d.entry.key not in vectors and is_unchanged(stored, d.entry.key, d.sha256)]
+    store.put(items, failures, touches=touches)
+    report.embedded += len(items)
+    report.touched += len(touches)
+    report.failed += [{"path": key, "reason": reason} for key, _, _, _, reason in failures]

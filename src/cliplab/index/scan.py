@@ -64,6 +64,7 @@ def find_images(roots: Sequence[str | os.PathLike]) -> list[FileEntry]:
 def _walk(root: Path) -> Iterable[Path]:
     for directory, subdirs, files in os.walk(root, followlinks=False):
         subdirs.sort()
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]  # .thumbnails, .git, ...
         for name in sorted(files):
             yield Path(directory) / name
 
@@ -97,8 +98,11 @@ def read_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 def make_plan(files: Sequence[FileEntry], stored: dict[str, tuple[int, int, int, str]],
               failed: dict[str, tuple[int, int]], roots: Sequence[str | os.PathLike],
-              captions: Sequence[tuple[str, str]] = (), stored_texts: dict[str, tuple[int, str]] | None = None) -> Plan:
-    """Compare the files found under ``roots`` with the store's ``stored`` images and ``failed`` files."""
+              captions: Sequence[tuple[str, str]] | None = None,
+              stored_texts: dict[str, tuple[int, str]] | None = None) -> Plan:
+    """Compare the files found under ``roots`` with the store's ``stored`` images and ``failed`` files,
+    and a captions file's texts (``None``: no file given) with the store's texts. A captions file is
+    the whole set: stored texts it no longer holds are deleted."""
     plan = Plan()
     seen = set()
     for entry in files:
@@ -118,6 +122,10 @@ def make_plan(files: Sequence[FileEntry], stored: dict[str, tuple[int, int, int,
         if key not in seen and (key in file_roots or key.startswith(folder_roots)):
             plan.deleted.append(key)
     stored_texts = stored_texts or {}
+    if captions is None:
+        return plan
+    current = {TEXT_KEY_PREFIX + caption_id for caption_id, _ in captions}
+    plan.deleted += [key for key in stored_texts if key not in current]
     for caption_id, text in dict(captions).items():
         key = TEXT_KEY_PREFIX + caption_id
         if key in stored_texts and stored_texts[key][1] == text:

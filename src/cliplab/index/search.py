@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..preprocess import ImageInput
-from .ann import VectorIndex, open_index
+from .ann import VectorIndex, ann_path, open_index, sync_with_store
 from .store import Item, Store
 
 KINDS = ("image", "text")
@@ -47,7 +46,7 @@ class Searcher:
         self.store.check_model(model_identity(pipeline))
         self._lock = threading.Lock()
         self._indexes: dict[str, VectorIndex] = {}
-        self._seen: tuple | None = None
+        self._seen: tuple | None = None  # (data_version, saved index times) at the last refresh
         self.refresh()
 
     def close(self) -> None:
@@ -59,19 +58,31 @@ class Searcher:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _version(self) -> tuple:
-        ann = Path(self.store.root) / "ann"
-        ann_state = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in ann.glob("*.npz"))) if ann.is_dir() else ()
-        row = self.store._db.execute("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM items").fetchone()
-        return tuple(row) + ann_state
+    def _saved_index_times(self) -> tuple:
+        times = []
+        for kind in KINDS:
+            try:
+                times.append(ann_path(self.store.root, kind).stat().st_mtime_ns)
+            except FileNotFoundError:
+                times.append(None)
+        return tuple(times)
 
     def refresh(self) -> None:
-        """Bring the in-memory indexes up to date with the store's committed items."""
+        """Bring the in-memory indexes up to date with the store's committed items: cheap when nothing
+        changed (one pragma, two stats); new commits are synced in place; a newly saved IVF index
+        (written at the end of an indexing run) is loaded."""
         with self._lock:
-            version = self._version()
-            if version != self._seen:
-                self._indexes = {kind: open_index(self.store, kind) for kind in KINDS}
-                self._seen = version
+            version, times = self.store.data_version, self._saved_index_times()
+            if self._indexes and (version, times) == self._seen:
+                return
+            previous_times = self._seen[1] if self._seen else (None,) * len(KINDS)
+            for kind, time_now, time_before in zip(KINDS, times, previous_times):
+                current = self._indexes.get(kind)
+                if current is None or time_now != time_before:
+                    self._indexes[kind] = open_index(self.store, kind)
+                else:
+                    sync_with_store(current, self.store, kind)
+            self._seen = (version, times)
 
     # -- queries ------------------------------------------------------------------------------
     def text(self, query: str, k: int = 10, target: str = "image") -> list[Hit]:

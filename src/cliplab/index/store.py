@@ -126,14 +126,18 @@ class Store:
     Use as a context manager. ``Store.create`` makes a new one for a model.
     """
 
-    def __init__(self, root: str | os.PathLike, writer: bool = False, wait: bool = False):
+    def __init__(self, root: str | os.PathLike, writer: bool = False, wait: bool = False, _lock=None):
         self.root = Path(root)
         database = self.root / DATABASE
-        if not database.is_file():
-            raise StoreError(f"{self.root} is not a cliplab store (no {DATABASE}); create one with `cliplab index`")
-        self._lock_file = None
-        if writer:
+        self._db = None
+        self._lock_file = _lock
+        if writer and _lock is None:
+            if not database.is_file():
+                raise StoreError(f"{self.root} is not a cliplab store (no {DATABASE}); create one with `cliplab index`")
             self._lock_file = _acquire_lock(self.root / LOCK_FILE, wait)
+        if not database.is_file():
+            self.close()
+            raise StoreError(f"{self.root} is not a cliplab store (no {DATABASE}); create one with `cliplab index`")
         self._db = _connect(database)
         try:
             version = self.meta("schema_version")
@@ -146,13 +150,16 @@ class Store:
         self.model = ModelIdentity.from_json(self.meta("model"))
 
     @classmethod
-    def create(cls, root: str | os.PathLike, model: ModelIdentity) -> Store:
-        """Open the store at ``root`` for writing, creating it for ``model`` if it does not exist."""
+    def create(cls, root: str | os.PathLike, model: ModelIdentity, wait: bool = False) -> Store:
+        """Open the store at ``root`` for writing, creating it for ``model`` if it does not exist.
+
+        The write lock is taken first (``wait``: queue behind another writer instead of failing) and
+        kept, so creating and opening are one step no other process can come between."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        if not (root / DATABASE).is_file():
-            lock = _acquire_lock(root / LOCK_FILE, wait=False)
-            try:
+        lock = _acquire_lock(root / LOCK_FILE, wait)
+        try:
+            if not (root / DATABASE).is_file():
                 # Built aside and renamed into place, so a store either exists complete or not at all.
                 building = root / (DATABASE + ".creating")
                 building.unlink(missing_ok=True)
@@ -164,11 +171,25 @@ class Store:
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('created', ?)", (str(time.time()),))
                 db.close()
                 os.replace(building, root / DATABASE)
-            finally:
-                _release_lock(lock)
-        store = cls(root, writer=True)
+            store = cls(root, writer=True, _lock=lock)
+        except BaseException:
+            _release_lock(lock)
+            raise
         store.check_model(model)
         return store
+
+    def snapshot(self, read):
+        """Run ``read()`` (several queries) inside one read transaction: one consistent snapshot."""
+        self._db.execute("BEGIN")
+        try:
+            return read()
+        finally:
+            self._db.execute("COMMIT")
+
+    @property
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (SQLite's ``PRAGMA data_version``)."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
 
     # -- lifecycle ------------------------------------------------------------------------------
     def release_in_child(self) -> None:
@@ -178,7 +199,7 @@ class Store:
             os.close(self._lock_file.fileno())
 
     def close(self) -> None:
-        if self._db is not None:
+        if getattr(self, "_db", None) is not None:
             self._db.close()
             self._db = None
         if self._lock_file is not None:
@@ -296,9 +317,10 @@ class Store:
             raise StoreError(f"{self.root} is open read-only")
 
     def put(self, items: Iterable[NewItem], failures: Iterable[tuple[str, str | None, int | None, int | None, str]] = (),
-            delete_keys: Iterable[str] = ()) -> None:
+            delete_keys: Iterable[str] = (), touches: Iterable[tuple[str, int, int]] = ()) -> None:
         """Insert or replace ``items``, record ``failures`` (key, path, size, mtime_ns, reason), delete
-        ``delete_keys``: all in one transaction, so a crash keeps all of it or none."""
+        ``delete_keys``, and record new (size, mtime_ns) of unchanged files in ``touches`` (key, size,
+        mtime_ns): all in one transaction, so a crash keeps all of it or none."""
         self._require_writer()
         now = time.time()
         with self._write_errors():
@@ -322,12 +344,8 @@ class Store:
                 self._db.execute("DELETE FROM items WHERE key = ?", (key,))
                 self._db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
                                  (key, path, size, mtime_ns, reason, now))
-
-    def touch(self, key: str, size: int, mtime_ns: int) -> None:
-        """Record a new size/mtime for an item whose content did not change."""
-        self._require_writer()
-        with self._write_errors():
-            self._db.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
+            for key, size, mtime_ns in touches:
+                self._db.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
 
 
 def _disk_full(error: BaseException) -> bool:

@@ -8,6 +8,7 @@ are looked up by stored item id, so only files in the store can ever be read.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import threading
 from dataclasses import dataclass
@@ -75,13 +76,25 @@ def create_app(pipeline, store_dir: str, settings: ServeSettings | None = None) 
                   description="Search a cliplab store by text, by image and by stored item; classify; embed.")
     app.state.searcher = searcher
 
+    def authorised(request: Request) -> bool:
+        if not settings.token:
+            return True
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        given = credentials.strip() if scheme.lower() == "bearer" else request.query_params.get("token", "")
+        return hmac.compare_digest(given.encode(), settings.token.encode())
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if settings.token and request.url.path not in ("/api/health",):
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip() \
-                or request.query_params.get("token", "")
-            if given != settings.token:
-                return JSONResponse({"detail": "missing or wrong API token"}, status_code=401)
+        if request.url.path != "/api/health" and not authorised(request):
+            return JSONResponse({"detail": "missing or wrong API token"}, status_code=401)
+        # Refuse oversized bodies before they are read (uploads are spooled to disk by the parser).
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_upload_bytes + 64 * 1024):
+            return JSONResponse({"detail": f"request body larger than {settings.max_upload_bytes} bytes"},
+                                status_code=413)
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            return JSONResponse({"detail": "send a Content-Length header (chunked bodies are not accepted)"},
+                                status_code=411)
         try:
             return await asyncio.wait_for(call_next(request), timeout=settings.request_timeout_s)
         except asyncio.TimeoutError:
@@ -126,7 +139,10 @@ def create_app(pipeline, store_dir: str, settings: ServeSettings | None = None) 
         return searcher
 
     @app.get("/api/health")
-    def health() -> dict:
+    def health(request: Request) -> dict:
+        """Liveness, open to all; the store's figures only for authorised clients."""
+        if not authorised(request):
+            return {"status": "ok"}
         return {"status": "ok", **refreshed().store.stats()}
 
     @app.get("/api/search")
