@@ -225,10 +225,6 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def set_meta(self, key: str, value: str) -> None:
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
     # -- reading --------------------------------------------------------------------------------
     def count(self, kind: str | None = None) -> int:
         if kind is None:
@@ -297,7 +293,8 @@ class Store:
 
     def stats(self) -> dict:
         return {"store": str(self.root), "model": self.model.name, "embed_dim": self.model.embed_dim,
-                "images": self.count("image"), "texts": self.count("text"), "failures": len(self.failures())}
+                "images": self.count("image"), "texts": self.count("text"),
+                "failures": self._db.execute("SELECT COUNT(*) FROM failures").fetchone()[0]}
 
     # -- writing (one transaction per call) ----------------------------------------------------------
     @contextlib.contextmanager
