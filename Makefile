@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench reliability sources browser clean
 
 $(STAMP): pyproject.toml
+	test -d $(VENV) || bash scripts/check_disk.sh 7
 	python3 -m venv $(VENV)
 	# torch 2.14.1 + torchvision 0.29.1: the pair OpenCLIP (a parity reference) needs; pip takes both from this disk.
-	$(PYTHON) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install --quiet -e '.[test]'
+	$(PYTHON) -m pip install --quiet --no-cache-dir torch==2.14.1 torchvision==0.29.1
+	$(PYTHON) -m pip install --quiet --no-cache-dir -e '.[test]'
 	touch $(STAMP)
 
 sources:
