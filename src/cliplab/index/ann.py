@@ -121,12 +121,13 @@ def choose_nlist(n: int) -> int:
 
 
 def ivf_index(kind: str, ids: np.ndarray, vectors: np.ndarray, seed: int = 0,
-              target_recall: float = TARGET_RECALL, other_queries: np.ndarray | None = None) -> VectorIndex:
+              target_recall: float = TARGET_RECALL, other_queries: np.ndarray | None = None,
+              nprobe_margin: int = NPROBE_MARGIN) -> VectorIndex:
     """Train an IVF-Flat index on the vectors, add them, and tune ``nprobe`` for ``target_recall``@10.
 
     ``other_queries``: queries of another kind (the store's texts when indexing its images, and the
     reverse). They sit apart from the stored vectors and need more lists; ``nprobe`` is then the larger
-    of what they need and the margin-multiplied leave-one-out figure.
+    of what they need and the leave-one-out figure multiplied by ``nprobe_margin``.
     """
     n, dim = vectors.shape
     nlist = choose_nlist(n)
@@ -140,7 +141,7 @@ def ivf_index(kind: str, ids: np.ndarray, vectors: np.ndarray, seed: int = 0,
     result = VectorIndex(index, np.empty(0, np.int64), AnnParams(kind, "ivf", nlist=nlist, built_count=n))
     result.add(ids, vectors)
     nprobe, result.params.tuned_recall = tune_nprobe(result, vectors, target_recall, rng)
-    nprobe = min(nlist, NPROBE_MARGIN * nprobe)
+    nprobe = min(nlist, nprobe_margin * nprobe)
     if other_queries is not None and len(other_queries):
         cross, cross_recall = tune_nprobe(result, vectors, target_recall, rng, queries=other_queries)
         if cross > nprobe:
