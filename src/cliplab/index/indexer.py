@@ -39,7 +39,7 @@ def model_identity(pipeline) -> ModelIdentity:
     for name in sorted(state):
         tensor = state[name].detach().to("cpu", torch.float32).contiguous()
         digest.update(name.encode())
-        digest.update(tensor.numpy().tobytes())
+        digest.update(tensor.numpy())  # the buffer itself: no copy
     identity = ModelIdentity(pipeline.name or "unnamed", digest.hexdigest(), pipeline.embed_dim)
     pipeline._identity = identity
     return identity
