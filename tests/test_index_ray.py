@@ -1,7 +1,9 @@
-"""The Ray path: a local Ray instance decodes and embeds, the store ingests its shards; the result must
+"""The Ray path: a Ray instance decodes and embeds, the store ingests the shards streamed back; the result must
 equal the single-process indexer's."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -29,7 +31,7 @@ def test_ray_indexing_gives_the_single_process_vectors(tmp_path):
                             progress=False, actors=2)
     assert (report.embedded, report.total_images, len(report.failed)) == (40, 40, 1)
     assert not ray.is_initialized()  # the instance it started is shut down again
-    assert not any((tmp_path / "ray-store" / "shards").glob("*/*.parquet"))  # shards ingested and removed
+    assert not (tmp_path / "ray-store" / "shards").exists()  # shards ingested and removed
 
     index_paths(pipeline, tmp_path / "local-store", [photos], workers=0, progress=False)
     with Store(tmp_path / "ray-store") as distributed, Store(tmp_path / "local-store") as local:
@@ -42,3 +44,57 @@ def test_ray_indexing_gives_the_single_process_vectors(tmp_path):
 
     again = index_with_ray(pipeline, tmp_path / "ray-store", [photos], address="local", progress=False)
     assert (again.embedded, again.unchanged) == (0, 40)  # incremental like the local path
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A Ray cluster of two nodes on this machine, started as the README starts one (`ray start --head`,
+    then `ray start --address` for a worker node), with token authentication. Yields the address and the
+    environment that every Ray process, `cliplab index` included, needs to join it."""
+    import os
+    import secrets
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("the `ray` command is not installed")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    address = "127.0.0.1:6391"
+    try:
+        for args in (["--head", "--port", address.split(":")[1], "--include-dashboard=false"], ["--address", address]):
+            subprocess.run([ray_cli, "start", *args, "--num-cpus", "1", "--disable-usage-stats"], env=env, check=True,
+                           capture_output=True, timeout=180)
+        yield address, env
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=180)
+
+
+def test_cli_on_a_two_node_cluster_with_a_relative_store_path(tmp_path, two_node_cluster):
+    """`cliplab index --ray ADDRESS` on a cluster it did not start. Each node has one CPU and the actor pool
+    one actor per CPU, so both nodes embed. The embeddings come back to the command's process, so a relative
+    store path (which the workers, started elsewhere, would resolve against their own folders) gets them all."""
+    import subprocess
+    import sys
+
+    address, env = two_node_cluster
+    write_checkpoint(random_model(get_preset("ViT-nano"), seed=1), tmp_path / "model", "cliplab")
+    write_images(tmp_path / "photos", 24)
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    command = [sys.executable, "-m", "cliplab", "index", "photos", "--store", "store", "--model", "model",
+               "--ray", address, "--batch-size", "4", "--json"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert (report["embedded"], report["total_images"], len(report["failed"])) == (24, 24, 1)
+    assert not (tmp_path / "store" / "shards").exists()
+
+    pipeline = cliplab.load(tmp_path / "model", device="cpu")
+    index_paths(pipeline, tmp_path / "local-store", [tmp_path / "photos"], workers=0, progress=False)
+    with Store(tmp_path / "store") as distributed, Store(tmp_path / "local-store") as local:
+        got = {i.key: distributed.vector(i.id) for i in distributed.iter_items()}
+        want = {i.key: local.vector(i.id) for i in local.iter_items()}
+        assert got.keys() == want.keys()
+        assert max(float(np.abs(got[k] - want[k]).max()) for k in got) < 1e-5

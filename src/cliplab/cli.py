@@ -597,7 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-decode", action="store_true",
                    help="decode JPEGs at full size (default: libjpeg's smallest reduced scale that still covers "
                         "the model's input; about twice as fast for photos, embeddings within ~1e-5 in cosine)")
-    p.add_argument("--ray", metavar="ADDRESS", help="decode and embed on a Ray cluster (an address, or 'auto')")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="decode and embed on a Ray cluster: its address (HEAD:6379), 'auto' for the cluster this "
+                        "machine belongs to, or 'local' to start Ray here. A cluster with token authentication "
+                        "needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or RAY_AUTH_TOKEN) here too")
     p.add_argument("--json", action="store_true")
     _model_args(p)
     p.set_defaults(func=cmd_index)

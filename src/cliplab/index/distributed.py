@@ -1,9 +1,11 @@
 """Indexing on a Ray cluster: Ray Data reads, decodes and embeds the files across the cluster's
-nodes and writes embedding shards (Parquet); the store then ingests the shards, one transaction per
-shard. The store itself stays on the machine that runs ``cliplab index --ray``.
+nodes (an actor pool, one model copy per actor) and streams the embeddings back to the machine that
+runs ``cliplab index --ray``. There they are written as Parquet shards beside the store, and the store
+ingests each shard in one transaction as it arrives, so a killed run keeps every committed shard.
 
-The image files must be readable at the same paths on every node (a shared or network filesystem),
-as for any Ray Data job reading local files.
+Only the image files must be readable at the same paths on every node (a shared or network
+filesystem), as for any Ray Data job reading local files; the store and its shards stay on this
+machine, so the workers never write to its disk.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from .indexer import DecodedFile, FileEntry, ImageFiles, IndexReport, commit_decoded, indexing_run, is_unchanged
-from .store import Store
+from .store import Store, StoreError
 
 
 class _EmbedFiles:
@@ -53,13 +57,14 @@ class _EmbedFiles:
             "mtime_ns": [d.entry.mtime_ns for d in decoded],
             "sha256": [d.sha256 or "" for d in decoded],
             "error": [d.error or "" for d in decoded],
-            "vector": list(vectors),
+            "vector": vectors,
         }
 
 
-def embed_on_ray(pipeline, entries: Sequence[FileEntry], shard_dir: Path, batch_size: int = 64,
-                 actors: int | None = None, draft: bool = True) -> list[Path]:
-    """Run the Ray Data job over ``entries`` and return the Parquet shards it wrote."""
+def embed_on_ray(pipeline, entries: Sequence[FileEntry], batch_size: int = 64, actors: int | None = None,
+                 draft: bool = True, shard_rows: int = 1024) -> Iterator[dict[str, np.ndarray]]:
+    """Run the Ray Data job over ``entries``; yield its results on this machine, ``shard_rows`` at a time
+    (columns key, size, mtime_ns, sha256, error and vector, as numpy arrays)."""
     import ray
 
     context = ray.data.DataContext.get_current()
@@ -71,9 +76,24 @@ def embed_on_ray(pipeline, entries: Sequence[FileEntry], shard_dir: Path, batch_
     embedded = dataset.map_batches(_EmbedFiles, fn_constructor_kwargs={"pipeline_ref": ray.put(pipeline), "draft": draft},
                                    batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
                                        size=actors), num_cpus=1)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    embedded.write_parquet(str(shard_dir))
-    return sorted(shard_dir.glob("*.parquet"))
+    yield from embedded.iter_batches(batch_size=shard_rows, batch_format="numpy")
+
+
+def write_shard(batch: dict[str, np.ndarray], path: Path) -> Path:
+    """Write one batch of results as a Parquet shard, atomically (a temporary name, then a rename)."""
+    vectors = np.asarray(batch["vector"], np.float32)
+    table = pa.table({
+        "key": pa.array([str(k) for k in batch["key"]]),
+        "size": pa.array(np.asarray(batch["size"], np.int64)),
+        "mtime_ns": pa.array(np.asarray(batch["mtime_ns"], np.int64)),
+        "sha256": pa.array([str(v) for v in batch["sha256"]]),
+        "error": pa.array([str(v) for v in batch["error"]]),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+    })
+    partial = path.with_suffix(".partial")
+    pq.write_table(table, partial)
+    os.replace(partial, path)
+    return path
 
 
 def ingest_shards(store: Store, shards: Sequence[Path], report: IndexReport) -> None:
@@ -107,15 +127,27 @@ def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str |
             if started_ray:
                 ray.init(address=None if address == "local" else address, log_to_driver=False,
                          include_dashboard=False, logging_level="error")
-            shutil.rmtree(store.root / "shards", ignore_errors=True)  # left by a killed run: re-embedded below
-            shard_dir = store.root / "shards" / f"run-{int(time.time() * 1000)}"
+            shards_root = Path(store.root).resolve() / "shards"
+            shutil.rmtree(shards_root, ignore_errors=True)  # left by a killed run: re-embedded below
+            shard_dir = shards_root / f"run-{int(time.time() * 1000)}"
+            shard_dir.mkdir(parents=True)
+            bar = tqdm(total=len(plan.to_embed), unit="img", desc="indexing images on Ray", disable=not progress)
+            received = 0
             try:
                 embed_started = time.perf_counter()
-                shards = embed_on_ray(pipeline, plan.to_embed, shard_dir, batch_size, actors, draft)
-                ingest_shards(store, shards, report)
+                for number, batch in enumerate(embed_on_ray(pipeline, plan.to_embed, batch_size, actors, draft)):
+                    shard = write_shard(batch, shard_dir / f"shard-{number:05d}.parquet")
+                    ingest_shards(store, [shard], report)
+                    shard.unlink()
+                    received += len(batch["key"])
+                    bar.update(len(batch["key"]))
                 report.images_per_second = report.embedded / (time.perf_counter() - embed_started)
             finally:
-                shutil.rmtree(shard_dir, ignore_errors=True)
+                bar.close()
+                shutil.rmtree(shards_root, ignore_errors=True)
                 if started_ray:
                     ray.shutdown()
+            if received != len(plan.to_embed):
+                raise StoreError(f"the Ray job returned {received} of {len(plan.to_embed)} files; the store keeps "
+                                   "what arrived. Run the same `cliplab index --ray` again to finish.")
     return report
