@@ -73,7 +73,8 @@ def two_node_cluster():
 
 
 def test_cli_on_a_two_node_cluster_with_a_relative_store_path(tmp_path, two_node_cluster):
-    """`cliplab index --ray ADDRESS` on a cluster it did not start. Each node has one CPU and the actor pool
+    """`cliplab index --ray ADDRESS` on a cluster it did not start: refused with a clear error without the
+    cluster's token, then run with it. Each node has one CPU and the actor pool
     one actor per CPU, so both nodes embed. The embeddings come back to the command's process, so a relative
     store path (which the workers, started elsewhere, would resolve against their own folders) gets them all."""
     import subprocess
@@ -85,6 +86,12 @@ def test_cli_on_a_two_node_cluster_with_a_relative_store_path(tmp_path, two_node
     (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     command = [sys.executable, "-m", "cliplab", "index", "photos", "--store", "store", "--model", "model",
                "--ray", address, "--batch-size", "4", "--json"]
+    without_token = {name: value for name, value in env.items() if not name.startswith("RAY_AUTH")}
+    refused = subprocess.run(command, cwd=tmp_path, env=without_token, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "cannot join the Ray cluster" in refused.stderr and "RAY_AUTH_MODE=token" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)

@@ -646,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CommandError, CheckpointError, ImageLoadError, StoreError, ValueError, FileNotFoundError,
-            KeyError) as error:
+            KeyError, ConnectionError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"cliplab {args.command}: error: {message}", file=sys.stderr)
         return 1

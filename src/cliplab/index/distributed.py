@@ -110,6 +110,24 @@ def ingest_shards(store: Store, shards: Sequence[Path], report: IndexReport) -> 
         commit_decoded(store, decoded, vectors, stored, report)
 
 
+class RayConnectionError(ConnectionError):
+    """``cliplab index --ray`` could not join the Ray cluster."""
+
+
+def _connect(ray, address: str) -> None:
+    """Join the cluster at ``address`` (or start one for ``local``), with an error that says what to check."""
+    try:
+        ray.init(address=None if address == "local" else address, log_to_driver=False, include_dashboard=False,
+                 logging_level="error")
+    except (ConnectionError, RuntimeError) as error:
+        auth = os.environ.get("RAY_AUTH_MODE", "disabled")
+        raise RayConnectionError(
+            f"cannot join the Ray cluster at {address!r} ({str(error).splitlines()[0]}). Check that the head node "
+            f"is running (`ray status`) and reachable from here. Ray 2.59 and later start clusters with token "
+            f"authentication: then set RAY_AUTH_MODE=token here (it is {auth!r}) and give this machine the "
+            f"cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN.") from None
+
+
 def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike] = (),
                    address: str = "auto", captions: str | os.PathLike | None = None, batch_size: int = 64,
                    progress: bool = True, actors: int | None = None, draft: bool = True,
@@ -125,8 +143,7 @@ def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str |
         if plan.to_embed:
             started_ray = not ray.is_initialized()
             if started_ray:
-                ray.init(address=None if address == "local" else address, log_to_driver=False,
-                         include_dashboard=False, logging_level="error")
+                _connect(ray, address)
             shards_root = Path(store.root).resolve() / "shards"
             shutil.rmtree(shards_root, ignore_errors=True)  # left by a killed run: re-embedded below
             shard_dir = shards_root / f"run-{int(time.time() * 1000)}"
