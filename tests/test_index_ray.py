@@ -1,4 +1,4 @@
-"""The Ray path: a Ray instance decodes and embeds, the store ingests the shards streamed back; the result must
+"""The Ray path: Ray decodes and embeds, the store ingests the shards of results streamed back; the result must
 equal the single-process indexer's."""
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ def test_ray_indexing_gives_the_single_process_vectors(tmp_path):
                             progress=False, actors=2)
     assert (report.embedded, report.total_images, len(report.failed)) == (40, 40, 1)
     assert not ray.is_initialized()  # the instance it started is shut down again
-    assert not (tmp_path / "ray-store" / "shards").exists()  # shards ingested and removed
 
     index_paths(pipeline, tmp_path / "local-store", [photos], workers=0, progress=False)
     with Store(tmp_path / "ray-store") as distributed, Store(tmp_path / "local-store") as local:
@@ -96,7 +95,6 @@ def test_cli_on_a_two_node_cluster_with_a_relative_store_path(tmp_path, two_node
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert (report["embedded"], report["total_images"], len(report["failed"])) == (24, 24, 1)
-    assert not (tmp_path / "store" / "shards").exists()
 
     pipeline = cliplab.load(tmp_path / "model", device="cpu")
     index_paths(pipeline, tmp_path / "local-store", [tmp_path / "photos"], workers=0, progress=False)

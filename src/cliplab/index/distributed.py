@@ -1,24 +1,20 @@
 """Indexing on a Ray cluster: Ray Data reads, decodes and embeds the files across the cluster's
-nodes (an actor pool, one model copy per actor) and streams the embeddings back to the machine that
-runs ``cliplab index --ray``. There they are written as Parquet shards beside the store, and the store
-ingests each shard in one transaction as it arrives, so a killed run keeps every committed shard.
+nodes (an actor pool, one model copy per actor) and streams the embeddings back, in shards of
+``shard_rows`` files, to the machine that runs ``cliplab index --ray``; the store ingests each shard
+in one transaction as it arrives, so a killed run keeps every shard it had ingested.
 
 Only the image files must be readable at the same paths on every node (a shared or network
-filesystem), as for any Ray Data job reading local files; the store and its shards stay on this
-machine, so the workers never write to its disk.
+filesystem), as for any Ray Data job reading local files. The store stays on this machine and the
+workers write nothing, so the store's folder need not be shared with the nodes.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .indexer import DecodedFile, FileEntry, ImageFiles, IndexReport, commit_decoded, indexing_run, is_unchanged
@@ -79,35 +75,17 @@ def embed_on_ray(pipeline, entries: Sequence[FileEntry], batch_size: int = 64, a
     yield from embedded.iter_batches(batch_size=shard_rows, batch_format="numpy")
 
 
-def write_shard(batch: dict[str, np.ndarray], path: Path) -> Path:
-    """Write one batch of results as a Parquet shard, atomically (a temporary name, then a rename)."""
-    vectors = np.asarray(batch["vector"], np.float32)
-    table = pa.table({
-        "key": pa.array([str(k) for k in batch["key"]]),
-        "size": pa.array(np.asarray(batch["size"], np.int64)),
-        "mtime_ns": pa.array(np.asarray(batch["mtime_ns"], np.int64)),
-        "sha256": pa.array([str(v) for v in batch["sha256"]]),
-        "error": pa.array([str(v) for v in batch["error"]]),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
-    })
-    partial = path.with_suffix(".partial")
-    pq.write_table(table, partial)
-    os.replace(partial, path)
-    return path
-
-
-def ingest_shards(store: Store, shards: Sequence[Path], report: IndexReport) -> None:
-    """Commit embedding shards into the store, one transaction per shard (re-ingesting is harmless)."""
+def ingest_shard(store: Store, shard: dict[str, np.ndarray], report: IndexReport) -> None:
+    """Commit one shard of results into the store in one transaction (re-ingesting is harmless)."""
     stored = store.file_states()
-    for shard in shards:
-        table = pq.read_table(shard).to_pydict()
-        decoded, vectors = [], {}
-        for key, size, mtime_ns, sha, error, vector in zip(table["key"], table["size"], table["mtime_ns"],
-                                                           table["sha256"], table["error"], table["vector"]):
-            decoded.append(DecodedFile(FileEntry(key, size, mtime_ns), sha or None, None, error or None))
-            if not error and not is_unchanged(stored, key, sha):
-                vectors[key] = np.asarray(vector, np.float32)
-        commit_decoded(store, decoded, vectors, stored, report)
+    decoded, vectors = [], {}
+    for key, size, mtime_ns, sha, error, vector in zip(shard["key"], shard["size"], shard["mtime_ns"],
+                                                       shard["sha256"], shard["error"], shard["vector"]):
+        key, sha, error = str(key), str(sha), str(error)
+        decoded.append(DecodedFile(FileEntry(key, int(size), int(mtime_ns)), sha or None, None, error or None))
+        if not error and not is_unchanged(stored, key, sha):
+            vectors[key] = np.asarray(vector, np.float32)
+    commit_decoded(store, decoded, vectors, stored, report)
 
 
 class RayConnectionError(ConnectionError):
@@ -144,24 +122,17 @@ def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str |
             started_ray = not ray.is_initialized()
             if started_ray:
                 _connect(ray, address)
-            shards_root = Path(store.root).resolve() / "shards"
-            shutil.rmtree(shards_root, ignore_errors=True)  # left by a killed run: re-embedded below
-            shard_dir = shards_root / f"run-{int(time.time() * 1000)}"
-            shard_dir.mkdir(parents=True)
             bar = tqdm(total=len(plan.to_embed), unit="img", desc="indexing images on Ray", disable=not progress)
             received = 0
             try:
                 embed_started = time.perf_counter()
-                for number, batch in enumerate(embed_on_ray(pipeline, plan.to_embed, batch_size, actors, draft)):
-                    shard = write_shard(batch, shard_dir / f"shard-{number:05d}.parquet")
-                    ingest_shards(store, [shard], report)
-                    shard.unlink()
-                    received += len(batch["key"])
-                    bar.update(len(batch["key"]))
+                for shard in embed_on_ray(pipeline, plan.to_embed, batch_size, actors, draft):
+                    ingest_shard(store, shard, report)
+                    received += len(shard["key"])
+                    bar.update(len(shard["key"]))
                 report.images_per_second = report.embedded / (time.perf_counter() - embed_started)
             finally:
                 bar.close()
-                shutil.rmtree(shards_root, ignore_errors=True)
                 if started_ray:
                     ray.shutdown()
             if received != len(plan.to_embed):
