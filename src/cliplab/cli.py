@@ -592,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="store folder (created on first use)")
     p.add_argument("--captions", help="CSV (id,text) or JSONL ({'id', 'text'}) of texts to index too")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: a quarter of the cores; 0 decodes in the main process)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: a quarter of the cores, at most 8; 0 decodes each batch in "
+                        "threads of the main process between the model's turns, the default below 4 cores)")
     p.add_argument("--wait", action="store_true", help="if another indexer holds the store, wait instead of failing")
     p.add_argument("--exact-decode", action="store_true",
                    help="decode JPEGs at full size (default: libjpeg's smallest reduced scale that still covers "

@@ -17,7 +17,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .indexer import DecodedFile, FileEntry, ImageFiles, IndexReport, commit_decoded, indexing_run, is_unchanged
+from .indexer import (DecodedFile, FileEntry, ImageFiles, IndexReport, commit_decoded, embed_decoded, indexing_run,
+                      is_unchanged)
 from .store import Store, StoreError
 
 
@@ -33,20 +34,13 @@ class _EmbedFiles:
         self.draft = draft
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-        import torch.nn.functional as F
-
         entries = [FileEntry(str(k), int(s), int(m)) for k, s, m in zip(batch["key"], batch["size"], batch["mtime_ns"])]
         files = ImageFiles(entries, self.pipeline.preprocess, self.draft)
         decoded = [files[i] for i in range(len(files))]
-        good = [d for d in decoded if d.pixels is not None]
-        dim = self.pipeline.embed_dim
-        vectors = np.zeros((len(decoded), dim), dtype=np.float32)
-        if good:
-            with torch.inference_mode():
-                features = self.pipeline.encode_image(torch.stack([d.pixels for d in good]))
-            rows = [i for i, d in enumerate(decoded) if d.pixels is not None]
-            vectors[rows] = F.normalize(features.float(), dim=-1).cpu().numpy()
+        rows = [i for i, d in enumerate(decoded) if d.pixels is not None]
+        vectors = np.zeros((len(decoded), self.pipeline.embed_dim), dtype=np.float32)
+        if rows:
+            vectors[rows] = embed_decoded(self.pipeline, [decoded[i] for i in rows])
         return {
             "key": [d.entry.key for d in decoded],
             "size": [d.entry.size for d in decoded],

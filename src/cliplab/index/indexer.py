@@ -1,8 +1,11 @@
 """``cliplab index``: bring a store up to date with image folders and a captions file.
 
-Decoding runs in worker processes (a torch ``DataLoader``) while the main process embeds the previous
-batch, so reading files overlaps inference. Each embedded batch is committed as one transaction: a run
-killed at any moment keeps every batch it had committed, and the next run continues from there.
+Each batch of files is read, hashed and decoded to 8-bit crops, then normalised in one pass and embedded.
+By default the decoding runs in threads of the main process between the model's turns, one per torch
+thread (Pillow and hashlib release the GIL, so a batch decodes on every core); ``workers=N`` moves it
+into N worker processes (a torch ``DataLoader``) that decode ahead while the main process embeds.
+Each embedded batch is committed as one transaction: a run killed at any moment keeps every batch it
+had committed, and the next run continues from there.
 Files that cannot be read are recorded with the reason and skipped; the run goes on.
 """
 
@@ -14,10 +17,12 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -47,11 +52,12 @@ def model_identity(pipeline) -> ModelIdentity:
 
 @dataclass
 class DecodedFile:
-    """What a worker hands back for one file: the pixels, or why there are none."""
+    """What decoding hands back for one file: its 8-bit crop (``[n, n, 3]``, before normalisation), or
+    why there is none."""
 
     entry: FileEntry
     sha256: str | None
-    pixels: torch.Tensor | None
+    pixels: np.ndarray | None
     error: str | None
 
 
@@ -80,7 +86,7 @@ class ImageFiles(Dataset):
         sha = hashlib.sha256(data).hexdigest()
         buffer = io.BytesIO(data)
         try:
-            pixels = self.preprocess(load_image(buffer, self.draft_size))
+            pixels = self.preprocess.crop(load_image(buffer, self.draft_size))
         except (ImageLoadError, ValueError, OSError) as error:
             reason = str(error).replace(repr(buffer), repr(entry.key)).replace(f"<{type(buffer).__name__} object>",
                                                                                repr(entry.key))
@@ -92,6 +98,22 @@ class ImageFiles(Dataset):
 
 def _keep_list(batch: list[DecodedFile]) -> list[DecodedFile]:
     return batch
+
+
+def decoded_batches(files: ImageFiles, batch_size: int, threads: int) -> Iterator[list[DecodedFile]]:
+    """The files in batches, each batch decoded by ``threads`` threads while the caller waits: between
+    the model's turns, so decoding takes every core without competing with the model's threads."""
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for start in range(0, len(files), batch_size):
+            yield list(pool.map(files.__getitem__, range(start, min(start + batch_size, len(files)))))
+
+
+def embed_decoded(pipeline, decoded: Sequence[DecodedFile]) -> np.ndarray:
+    """L2-normalised float32 embeddings ``[len(decoded), embed_dim]`` of decoded files (all with pixels)."""
+    pixels = pipeline.preprocess.normalize(np.stack([d.pixels for d in decoded]))
+    with torch.inference_mode():
+        features = pipeline.encode_image(pixels)
+    return F.normalize(features.float(), dim=-1).cpu().numpy()
 
 
 class _ReleaseLock:
@@ -128,8 +150,9 @@ class IndexReport:
 
 
 def default_workers() -> int:
-    """Decoding processes: a quarter of the cores (none on 2 cores, where a decoding process only
-    takes time from the model's threads: measured 0.70 vs 0.75 of the model-only throughput)."""
+    """Decoding processes: a quarter of the cores, at most 8. None below 4 cores, where batches are decoded
+    by threads between the model's turns: on 2 cores that reaches 0.83 of the model-only throughput, and
+    one decoding process 0.73, as it only takes time from the model's threads (``benchmarks/bench_index.py``)."""
     return min(8, (os.cpu_count() or 2) // 4)
 
 
@@ -194,10 +217,13 @@ def _embed_files(pipeline, store: Store, entries: list[FileEntry], batch_size: i
     if not entries:
         return
     stored = store.file_states()
-    loader = DataLoader(ImageFiles(entries, pipeline.preprocess, draft), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_keep_list, prefetch_factor=4 if workers else None,
-                        worker_init_fn=_ReleaseLock(store) if workers else None,
-                        persistent_workers=False, multiprocessing_context="fork" if workers else None)
+    files = ImageFiles(entries, pipeline.preprocess, draft)
+    if workers:
+        loader = DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=_keep_list,
+                            prefetch_factor=4, worker_init_fn=_ReleaseLock(store), persistent_workers=False,
+                            multiprocessing_context="fork")
+    else:
+        loader = decoded_batches(files, batch_size, torch.get_num_threads())
     with tqdm(total=len(entries), unit="img", desc="indexing images", disable=not progress) as bar:
         started = time.perf_counter()
         _commit_batches(pipeline, store, loader, stored, report, bar)
@@ -205,15 +231,11 @@ def _embed_files(pipeline, store: Store, entries: list[FileEntry], batch_size: i
     report.images_per_second = report.embedded / elapsed if elapsed > 0 else 0.0
 
 
-def _commit_batches(pipeline, store: Store, loader, stored: dict, report: IndexReport, bar) -> None:
+def _commit_batches(pipeline, store: Store, loader: Iterable[list[DecodedFile]], stored: dict, report: IndexReport,
+                    bar) -> None:
     for batch in loader:
-        good = [d for d in batch if d.pixels is not None]
-        fresh = [d for d in good if not is_unchanged(stored, d.entry.key, d.sha256)]
-        vectors = []
-        if fresh:
-            with torch.inference_mode():
-                features = pipeline.encode_image(torch.stack([d.pixels for d in fresh]))
-            vectors = F.normalize(features.float(), dim=-1).cpu().numpy()
+        fresh = [d for d in batch if d.pixels is not None and not is_unchanged(stored, d.entry.key, d.sha256)]
+        vectors = embed_decoded(pipeline, fresh) if fresh else []
         commit_decoded(store, batch, dict(zip((d.entry.key for d in fresh), vectors)), stored, report)
         bar.update(len(batch))
 
