@@ -74,7 +74,7 @@ def _last_step(run: Path) -> int:
         return 0
 
 
-def kill_indexing(model: str, work: Path, kills: int = 20, photos: int = 8000, seed: int = 0,
+def kill_indexing(model: str, work: Path, kills: int = 20, photos: int = 16000, seed: int = 0,
                   max_delay_s: float = 6.0) -> dict:
     """Kill ``cliplab index`` with SIGKILL ``kills`` times at random moments, then let it finish.
 
