@@ -135,7 +135,7 @@ def test_convert_to_onnx_on_the_command_line(tmp_path):
 
 
 def test_batched_preprocessing_equals_per_image_and_draft_is_close(tmp_path):
-    """The vectorised batch gives the per-image numbers exactly; draft JPEG decoding is opt-in and close."""
+    """The threaded, vectorised batch gives the per-image numbers exactly; draft JPEG decoding is opt-in and close."""
     from PIL import Image
 
     from cliplab.preprocess import DRAFT_FACTOR, Preprocessor, load_image
@@ -146,12 +146,13 @@ def test_batched_preprocessing_equals_per_image_and_draft_is_close(tmp_path):
     Image.fromarray(smooth).save(path, quality=95)  # 1280 x 960
     images = [str(path), Image.fromarray(smooth[:700, :500])]
     exact = Preprocessor(image_size=64)
-    batch = exact.batch(images)
-    assert torch.equal(batch, torch.stack([exact(image) for image in images]))
+    per_image = torch.stack([exact(image) for image in images])
+    for threads in (1, 2, 3):  # decoded in threads or not, the numbers are the same
+        assert torch.equal(exact.batch(images, threads=threads), per_image)
     assert exact.draft_size is None and load_image(path).size == (1280, 960)
     draft = Preprocessor(image_size=64, draft=True)
     decoded = load_image(path, draft.draft_size)
     assert min(decoded.size) >= DRAFT_FACTOR * 64 and decoded.size[0] < 1280
     reduced = draft.batch(images)
-    assert torch.equal(reduced[1], batch[1])  # PIL images are not re-decoded
-    assert F.cosine_similarity(reduced[0].flatten(), batch[0].flatten(), dim=0) > 0.99
+    assert torch.equal(reduced[1], per_image[1])  # PIL images are not re-decoded
+    assert F.cosine_similarity(reduced[0].flatten(), per_image[0].flatten(), dim=0) > 0.99
