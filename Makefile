@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet --no-cache-dir -e '.[test]'
 	touch $(STAMP)
 
-sources:
-	bash scripts/install_corpus_sources.sh
+sources: $(STAMP)
+	$(VENV)/bin/cliplab data sources --install
 
 # Debian's chromium, driven by Playwright in the web-page test.
 browser:

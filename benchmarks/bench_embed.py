@@ -56,7 +56,7 @@ def main() -> None:
     ids = cliplab.tokenize([queries[i % len(queries)] + f" number {i}" for i in range(args.texts)])
 
     def batched(fn, data):
-        return lambda: [fn(data[i:i + args.batch]) for i in range(0, len(data), args.batch)]
+        return lambda: [fn(data[i : i + args.batch]) for i in range(0, len(data), args.batch)]
 
     def hf_image(x):
         out = hf.get_image_features(pixel_values=x)
@@ -74,17 +74,23 @@ def main() -> None:
     with torch.inference_mode():
         base = [f(pixels[:2]) for f in (ours.encode_image,)] + [ours.encode_text(ids[:4])]
         for name, (image_fn, text_fn) in systems.items():
-            diff = max((image_fn(pixels[:2]) - base[0]).abs().max().item(), (text_fn(ids[:4]) - base[1]).abs().max().item())
+            diff = max(
+                (image_fn(pixels[:2]) - base[0]).abs().max().item(), (text_fn(ids[:4]) - base[1]).abs().max().item()
+            )
             print(f"{name:>12}: max abs diff to cliplab {diff:.1e}")
         results = {}
         for name, (image_fn, text_fn) in systems.items():
-            results[name] = (throughput(batched(image_fn, pixels), args.images, args.repeats),
-                             throughput(batched(text_fn, ids), args.texts, args.repeats))
+            results[name] = (
+                throughput(batched(image_fn, pixels), args.images, args.repeats),
+                throughput(batched(text_fn, ids), args.texts, args.repeats),
+            )
 
     print(f"\n{args.arch}, fp32, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{'system':>12}  {'images/s':>9}  {'texts/s':>9}  {'cliplab x (img)':>15}  {'cliplab x (txt)':>15}")
     for name, (img, txt) in results.items():
-        print(f"{name:>12}  {img:9.1f}  {txt:9.1f}  {results['cliplab'][0] / img:15.2f}  {results['cliplab'][1] / txt:15.2f}")
+        print(
+            f"{name:>12}  {img:9.1f}  {txt:9.1f}  {results['cliplab'][0] / img:15.2f}  {results['cliplab'][1] / txt:15.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from cliplab.model import CLIP, get_preset
 def write_photos(folder: Path, n: int, size=(1024, 768), seed: int = 0) -> list[Path]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:size[1], 0:size[0]].astype(np.float32)
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float32)
     paths = []
     for i in range(n):
         a, b, c = rng.uniform(0.2, 1.0, 3)
@@ -68,8 +68,12 @@ def main() -> None:
     parser.add_argument("--model", help="checkpoint or name (default: ViT-B/32 with random weights)")
     parser.add_argument("--photos", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None,
-                        help="decoding processes (default: cliplab's default, threads between the model's turns)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding processes (default: cliplab's default, threads between the model's turns)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="indexing runs, each between two model-only runs")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -88,24 +92,47 @@ def main() -> None:
             # drifts by 10-20 % between minutes, and the ratio should compare like with like.
             before = model_only_throughput(pipeline, paths, args.batch_size)
             shutil.rmtree(work / "store", ignore_errors=True)
-            report = index_paths(pipeline, work / "store", [work / "photos"], batch_size=args.batch_size,
-                                 workers=args.workers, progress=False)
+            report = index_paths(
+                pipeline,
+                work / "store",
+                [work / "photos"],
+                batch_size=args.batch_size,
+                workers=args.workers,
+                progress=False,
+            )
             after = model_only_throughput(pipeline, paths, args.batch_size)
             model_only = (before + after) / 2
-            rounds.append({"model_only_images_per_s": round(model_only, 1),
-                           "index_images_per_s": round(report.images_per_second, 1),
-                           "ratio": round(report.images_per_second / model_only, 3)})
+            rounds.append(
+                {
+                    "model_only_images_per_s": round(model_only, 1),
+                    "index_images_per_s": round(report.images_per_second, 1),
+                    "ratio": round(report.images_per_second / model_only, 3),
+                }
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'model':<18} {'photos':>6} {'round':>5} {'model only':>12} {'cliplab index':>14} {'ratio':>6}")
     for number, r in enumerate(rounds, 1):
-        print(f"{pipeline.name:<18} {args.photos:>6} {number:>5} {r['model_only_images_per_s']:>10.1f}/s "
-              f"{r['index_images_per_s']:>12.1f}/s {r['ratio']:>6.2f}")
+        print(
+            f"{pipeline.name:<18} {args.photos:>6} {number:>5} {r['model_only_images_per_s']:>10.1f}/s "
+            f"{r['index_images_per_s']:>12.1f}/s {r['ratio']:>6.2f}"
+        )
     median = float(np.median([r["ratio"] for r in rounds]))
     print(f"median ratio {median:.2f} (goal >= 0.8)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": pipeline.name, "photos": args.photos, "workers": args.workers,
-                                               "rounds": rounds, "median_ratio": round(median, 3)}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model": pipeline.name,
+                    "photos": args.photos,
+                    "workers": args.workers,
+                    "rounds": rounds,
+                    "median_ratio": round(median, 3),
+                },
+                indent=2,
+            )
+        )
+
 
 if __name__ == "__main__":
     main()

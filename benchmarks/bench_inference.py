@@ -34,13 +34,30 @@ import numpy as np
 import torch
 
 SYSTEMS = [
-    "cliplab fp32", "cliplab auto",
-    "open_clip fp32", "open_clip bf16-autocast",
-    "transformers fp32-sdpa", "transformers fp32-eager", "transformers bf16-autocast",
-    "transformers bf16-sdpa", "transformers bf16-eager",
+    "cliplab fp32",
+    "cliplab auto",
+    "open_clip fp32",
+    "open_clip bf16-autocast",
+    "transformers fp32-sdpa",
+    "transformers fp32-eager",
+    "transformers bf16-autocast",
+    "transformers bf16-sdpa",
+    "transformers bf16-eager",
 ]
-WORDS = ["dog", "cat", "red bicycle", "mountain lake at dawn", "bus", "two children playing football", "pizza",
-         "old wooden boat", "city skyline at night", "bird", "laptop on a desk", "snowy forest"]
+WORDS = [
+    "dog",
+    "cat",
+    "red bicycle",
+    "mountain lake at dawn",
+    "bus",
+    "two children playing football",
+    "pizza",
+    "old wooden boat",
+    "city skyline at night",
+    "bird",
+    "laptop on a desk",
+    "snowy forest",
+]
 
 
 def queries(n: int) -> list[str]:
@@ -82,21 +99,29 @@ def build(system: str, weights: str):
     if library == "open_clip":
         import open_clip
 
-        model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=os.path.join(weights, "oc", "open_clip_model.safetensors")).eval()
+        model = open_clip.create_model(
+            "ViT-B-32-quickgelu", pretrained=os.path.join(weights, "oc", "open_clip_model.safetensors")
+        ).eval()
         if variant == "bf16-autocast":
+
             def autocast(fn):
                 def run(x):
                     with torch.autocast("cpu", dtype=torch.bfloat16):
                         return fn(x).float()
+
                 return run
+
             return autocast(model.encode_image), autocast(model.encode_text)
         return model.encode_image, model.encode_text
     import transformers
 
     precision, attention = variant.split("-")
     dtype = torch.bfloat16 if precision == "bf16" and attention != "autocast" else torch.float32
-    model = transformers.CLIPModel.from_pretrained(os.path.join(weights, "hf"), torch_dtype=dtype,
-                                                   attn_implementation="sdpa" if attention == "autocast" else attention).eval()
+    model = transformers.CLIPModel.from_pretrained(
+        os.path.join(weights, "hf"),
+        torch_dtype=dtype,
+        attn_implementation="sdpa" if attention == "autocast" else attention,
+    ).eval()
 
     def features(out):
         return getattr(out, "pooler_output", out)
@@ -121,23 +146,27 @@ def worker(system: str, weights: str, data: str, batch: int, repeats: int) -> di
     image_fn, text_fn = build(system, weights)
     result: dict = {"system": system}
     with torch.inference_mode():
-        image_features = torch.cat([image_fn(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
-        seconds = best_time(lambda: [image_fn(pixels[i:i + batch]) for i in range(0, len(pixels), batch)], repeats,
-                            warm_up=False)  # the pass above warmed up
+        image_features = torch.cat([image_fn(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
+        seconds = best_time(
+            lambda: [image_fn(pixels[i : i + batch]) for i in range(0, len(pixels), batch)], repeats, warm_up=False
+        )  # the pass above warmed up
         result["images/s"] = len(pixels) / seconds
         text_batch = 256
         order = torch.argsort(ids.argmax(dim=-1), stable=True)  # grouped by length, as cliplab's embed_texts
         sorted_ids = ids[order]
         text_features = torch.empty(len(ids), image_features.shape[1])
         for i in range(0, len(ids), text_batch):
-            text_features[order[i:i + text_batch]] = text_fn(sorted_ids[i:i + text_batch])
-        seconds = best_time(lambda: [text_fn(sorted_ids[i:i + text_batch]) for i in range(0, len(ids), text_batch)],
-                            repeats, warm_up=False)
+            text_features[order[i : i + text_batch]] = text_fn(sorted_ids[i : i + text_batch])
+        seconds = best_time(
+            lambda: [text_fn(sorted_ids[i : i + text_batch]) for i in range(0, len(ids), text_batch)],
+            repeats,
+            warm_up=False,
+        )
         result["texts/s"] = len(ids) / seconds
         latencies = []
         for i in range(20):
             start = time.perf_counter()
-            text_fn(ids[i:i + 1])
+            text_fn(ids[i : i + 1])
             latencies.append(time.perf_counter() - start)
         result["query p50 ms"] = 1000 * statistics.median(latencies[5:])
     result["peak RSS MB"] = peak_rss_mb()
@@ -192,9 +221,23 @@ def run_systems(args: argparse.Namespace, folder: Path) -> None:
     for _ in range(args.rounds):
         limits.append(matmul_limit(torch.bfloat16))
         for system in args.systems:
-            out = subprocess.run([sys.executable, __file__, "--worker", system, "--weights", str(folder),
-                                  "--data", str(folder / "inputs.pt"), "--batch", str(args.batch)],
-                                 capture_output=True, text=True, check=False)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    system,
+                    "--weights",
+                    str(folder),
+                    "--data",
+                    str(folder / "inputs.pt"),
+                    "--batch",
+                    str(args.batch),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if out.returncode:
                 print(f"{system} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
@@ -211,25 +254,35 @@ def run_systems(args: argparse.Namespace, folder: Path) -> None:
     best_hf = max((r for s, r in results.items() if s.startswith("transformers")), key=lambda r: r["images/s"])
     best_hf_txt = max((r for s, r in results.items() if s.startswith("transformers")), key=lambda r: r["texts/s"])
     open_clip_default = results.get("open_clip fp32")
-    print(f"\nViT-B/32 ({gflop:.2f} GFLOP/image), random weights, image batch {args.batch}, {args.images} images, "
-          f"{args.texts} queries of <= 16 tokens (batches of 256), {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}; best of {args.rounds} rounds")
-    print(f"matrix-product limit now: bf16 {limit:.0f} GFLOP/s (= {limit / gflop:.0f} images/s), "
-          f"fp32 {fp32_limit:.0f} GFLOP/s")
-    print(f"{'system':>26} {'img/s':>7} {'x best HF':>9} {'x OC':>6} {'of limit':>8} {'cos img':>8} "
-          f"{'txt/s':>7} {'x best HF':>9} {'p50 ms':>7} {'cos txt':>8} {'peak RSS MB':>11}")
+    print(
+        f"\nViT-B/32 ({gflop:.2f} GFLOP/image), random weights, image batch {args.batch}, {args.images} images, "
+        f"{args.texts} queries of <= 16 tokens (batches of 256), {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}; best of {args.rounds} rounds"
+    )
+    print(
+        f"matrix-product limit now: bf16 {limit:.0f} GFLOP/s (= {limit / gflop:.0f} images/s), "
+        f"fp32 {fp32_limit:.0f} GFLOP/s"
+    )
+    print(
+        f"{'system':>26} {'img/s':>7} {'x best HF':>9} {'x OC':>6} {'of limit':>8} {'cos img':>8} "
+        f"{'txt/s':>7} {'x best HF':>9} {'p50 ms':>7} {'cos txt':>8} {'peak RSS MB':>11}"
+    )
     for system, r in results.items():
         stem = system.replace(" ", "_")
         cos_img = cosine_min(np.load(folder / f"{stem}_img.npy"), reference_img)
         cos_txt = cosine_min(np.load(folder / f"{stem}_txt.npy"), reference_txt)
         x_oc = r["images/s"] / open_clip_default["images/s"] if open_clip_default else float("nan")
-        print(f"{system:>26} {r['images/s']:7.1f} {r['images/s'] / best_hf['images/s']:9.2f} {x_oc:6.2f} "
-              f"{r['images/s'] * gflop / limit:8.0%} {cos_img:8.5f} {r['texts/s']:7.0f} "
-              f"{r['texts/s'] / best_hf_txt['texts/s']:9.2f} {r['query p50 ms']:7.1f} {cos_txt:8.5f} "
-              f"{r['peak RSS MB']:11.0f}")
-    print(f"best transformers: images {best_hf['system']}, texts {best_hf_txt['system']}; "
-          f"peak RSS includes ~{results[args.systems[0]]['RSS before model MB']:.0f} MB of Python, libraries and "
-          "inputs; FLOPs count a multiply-add as 2")
+        print(
+            f"{system:>26} {r['images/s']:7.1f} {r['images/s'] / best_hf['images/s']:9.2f} {x_oc:6.2f} "
+            f"{r['images/s'] * gflop / limit:8.0%} {cos_img:8.5f} {r['texts/s']:7.0f} "
+            f"{r['texts/s'] / best_hf_txt['texts/s']:9.2f} {r['query p50 ms']:7.1f} {cos_txt:8.5f} "
+            f"{r['peak RSS MB']:11.0f}"
+        )
+    print(
+        f"best transformers: images {best_hf['system']}, texts {best_hf_txt['system']}; "
+        f"peak RSS includes ~{results[args.systems[0]]['RSS before model MB']:.0f} MB of Python, libraries and "
+        "inputs; FLOPs count a multiply-add as 2"
+    )
 
 
 # --------------------------------------------------------------------------- accuracy on the sample corpus
@@ -239,7 +292,7 @@ def jpeg_copies(items: list[dict], folder: Path, side: int = 1024) -> list[str]:
     """The held-out images as large JPEG files (composited on white, upscaled to ``side`` px), like photos."""
     from PIL import Image
 
-    from cliplab.preprocess import load_image, to_rgb
+    from cliplab.images import load_image, to_rgb
 
     paths = []
     for i, item in enumerate(items):
@@ -253,11 +306,11 @@ def jpeg_copies(items: list[dict], folder: Path, side: int = 1024) -> list[str]:
 
 def zeroshot_decisions(corpus: Path, model_name: str, folder: Path) -> None:
     import cliplab
+    from cliplab.evaluate import class_names_for, read_items
     from cliplab.preprocess import Preprocessor
-    from cliplab.train.evaluate import class_names_for, read_jsonl
     from cliplab.zeroshot import ZeroShotClassifier
 
-    items = read_jsonl(corpus / "zeroshot_test.jsonl")
+    items = read_items(corpus / "zeroshot_test.jsonl")
     class_names = class_names_for(corpus / "zeroshot_test.jsonl") or sorted({i["concept"] for i in items})
     templates = ["{}", "an emoji of {}.", "a drawing of {}.", "a picture of {}."]
     images = [item["image"] for item in items]
@@ -268,9 +321,11 @@ def zeroshot_decisions(corpus: Path, model_name: str, folder: Path) -> None:
         embeddings[precision] = clip.embed_images(images)
         decisions[precision] = (embeddings[precision] @ classifier.weights.T).argmax(axis=1)
     changed = int((decisions["fp32"] != decisions["bf16"]).sum())
-    print(f"\nzero-shot on {len(items)} held-out images, {len(class_names)} classes ({model_name}): "
-          f"{changed} top-1 decisions changed fp32 -> bf16; min image cosine "
-          f"{cosine_min(embeddings['fp32'], embeddings['bf16']):.5f}")
+    print(
+        f"\nzero-shot on {len(items)} held-out images, {len(class_names)} classes ({model_name}): "
+        f"{changed} top-1 decisions changed fp32 -> bf16; min image cosine "
+        f"{cosine_min(embeddings['fp32'], embeddings['bf16']):.5f}"
+    )
 
     # Draft-mode JPEG decoding: exact vs reduced-scale decode of the same large JPEG files, fp32 model.
     clip = cliplab.load(model_name, device="cpu", precision="fp32")
@@ -284,11 +339,17 @@ def zeroshot_decisions(corpus: Path, model_name: str, folder: Path) -> None:
         pre.batch(paths)
         timing[name] = len(paths) / (time.perf_counter() - start)
         embeddings[name] = clip.embed_images(paths)
-    changed = int(((embeddings["exact"] @ classifier.weights.T).argmax(1)
-                   != (embeddings["draft"] @ classifier.weights.T).argmax(1)).sum())
-    print(f"1024x768 JPEGs, preprocessing on one core: exact {timing['exact']:.0f} images/s, draft "
-          f"{timing['draft']:.0f} images/s; min cosine draft vs exact {cosine_min(embeddings['exact'], embeddings['draft']):.5f}, "
-          f"{changed} top-1 decisions changed")
+    changed = int(
+        (
+            (embeddings["exact"] @ classifier.weights.T).argmax(1)
+            != (embeddings["draft"] @ classifier.weights.T).argmax(1)
+        ).sum()
+    )
+    print(
+        f"1024x768 JPEGs, preprocessing on one core: exact {timing['exact']:.0f} images/s, draft "
+        f"{timing['draft']:.0f} images/s; min cosine draft vs exact {cosine_min(embeddings['exact'], embeddings['draft']):.5f}, "
+        f"{changed} top-1 decisions changed"
+    )
 
 
 def main() -> None:
@@ -311,7 +372,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_systems:
             run_systems(args, Path(tmp))
-        from cliplab.api import cliplab_home
+        from cliplab.paths import cliplab_home
 
         corpus = Path(args.zeroshot) if args.zeroshot else cliplab_home() / "corpus"
         if (corpus / "zeroshot_test.jsonl").is_file():

@@ -26,8 +26,9 @@ DIM = 512
 
 
 def clustered(n: int, centres: np.ndarray, rng: np.random.Generator, spread: float = 0.5) -> np.ndarray:
-    x = centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, DIM), dtype=np.float32) \
-        / np.sqrt(DIM)
+    x = centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, DIM), dtype=np.float32) / np.sqrt(
+        DIM
+    )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32)
 
@@ -51,15 +52,23 @@ def bench_size(n: int, n_queries: int, seed: int = 0) -> dict:
     vectors = clustered(n, centres, rng)
     ids = np.arange(1, n + 1, dtype=np.int64)
     other_centres = unit(rng.standard_normal((200, DIM), dtype=np.float32))
-    query_sets = {"same clusters": clustered(n_queries, centres, rng),
-                  "other clusters": clustered(n_queries, other_centres, rng)}
+    query_sets = {
+        "same clusters": clustered(n_queries, centres, rng),
+        "other clusters": clustered(n_queries, other_centres, rng),
+    }
 
     exact = ann.flat_index("image", ids, vectors)
     start = time.perf_counter()
     ivf = ann.ivf_index("image", ids, vectors)
     build_s = time.perf_counter() - start
-    result = {"n": n, "build_s": round(build_s, 1), "nlist": ivf.params.nlist, "nprobe": ivf.params.nprobe,
-              "tuned_recall": ivf.params.tuned_recall, "queries": {}}
+    result = {
+        "n": n,
+        "build_s": round(build_s, 1),
+        "nlist": ivf.params.nlist,
+        "nprobe": ivf.params.nprobe,
+        "tuned_recall": ivf.params.tuned_recall,
+        "queries": {},
+    }
     for name, queries in query_sets.items():
         _, truth = exact.search(queries, 10)
         _, found = ivf.search(queries, 10)
@@ -79,9 +88,13 @@ def bench_size(n: int, n_queries: int, seed: int = 0) -> dict:
     _, truth = exact.search(queries, 10)
     _, found = cross.search(queries, 10)
     cross_ms = latencies_ms(cross, queries)
-    result["cross_tuned"].update({"recall@10": round(ann.recall_at_k(found, truth), 4),
-                                  "ivf_p50_ms": round(float(np.percentile(cross_ms, 50)), 3),
-                                  "ivf_p99_ms": round(float(np.percentile(cross_ms, 99)), 3)})
+    result["cross_tuned"].update(
+        {
+            "recall@10": round(ann.recall_at_k(found, truth), 4),
+            "ivf_p50_ms": round(float(np.percentile(cross_ms, 50)), 3),
+            "ivf_p99_ms": round(float(np.percentile(cross_ms, 99)), 3),
+        }
+    )
     del cross
     result["_ivf"] = ivf
     return result
@@ -106,9 +119,11 @@ def text_query_latency(index: ann.VectorIndex, n: int = 200) -> dict:
         end = time.perf_counter()
         encode.append((middle - start) * 1000)
         total.append((end - start) * 1000)
-    return {"encode_p50_ms": round(float(np.percentile(encode, 50)), 2),
-            "end_to_end_p50_ms": round(float(np.percentile(total, 50)), 2),
-            "end_to_end_p99_ms": round(float(np.percentile(total, 99)), 2)}
+    return {
+        "encode_p50_ms": round(float(np.percentile(encode, 50)), 2),
+        "end_to_end_p50_ms": round(float(np.percentile(total, 50)), 2),
+        "end_to_end_p99_ms": round(float(np.percentile(total, 99)), 2),
+    }
 
 
 def main() -> None:
@@ -118,26 +133,34 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {DIM}-d vectors, k=10")
-    print(f"{'vectors':>9} {'queries':<15} {'recall@10':>9} {'IVF p50':>9} {'IVF p99':>9} {'exact p50':>10}  "
-          f"{'speed-up':>8}  index")
+    print(
+        f"{'vectors':>9} {'queries':<15} {'recall@10':>9} {'IVF p50':>9} {'IVF p99':>9} {'exact p50':>10}  "
+        f"{'speed-up':>8}  index"
+    )
     results = []
     for n in args.sizes:
         r = bench_size(n, args.queries)
         ivf = r.pop("_ivf")
         for name, q in r["queries"].items():
-            print(f"{n:>9,} {name:<15} {q['recall@10']:>9.3f} {q['ivf_p50_ms']:>7.2f}ms {q['ivf_p99_ms']:>7.2f}ms "
-                  f"{q['exact_p50_ms']:>8.2f}ms  {q['exact_p50_ms'] / q['ivf_p50_ms']:>7.1f}x  IVF{r['nlist']},"
-                  f"nprobe {r['nprobe']}, built in {r['build_s']} s")
+            print(
+                f"{n:>9,} {name:<15} {q['recall@10']:>9.3f} {q['ivf_p50_ms']:>7.2f}ms {q['ivf_p99_ms']:>7.2f}ms "
+                f"{q['exact_p50_ms']:>8.2f}ms  {q['exact_p50_ms'] / q['ivf_p50_ms']:>7.1f}x  IVF{r['nlist']},"
+                f"nprobe {r['nprobe']}, built in {r['build_s']} s"
+            )
         c, q = r["cross_tuned"], r["queries"]["other clusters"]
-        print(f"{n:>9,} {'other, tuned':<15} {c['recall@10']:>9.3f} {c['ivf_p50_ms']:>7.2f}ms {c['ivf_p99_ms']:>7.2f}ms "
-              f"{q['exact_p50_ms']:>8.2f}ms  {q['exact_p50_ms'] / c['ivf_p50_ms']:>7.1f}x  IVF{r['nlist']},"
-              f"nprobe {c['nprobe']} (tuned with such queries)")
+        print(
+            f"{n:>9,} {'other, tuned':<15} {c['recall@10']:>9.3f} {c['ivf_p50_ms']:>7.2f}ms {c['ivf_p99_ms']:>7.2f}ms "
+            f"{q['exact_p50_ms']:>8.2f}ms  {q['exact_p50_ms'] / c['ivf_p50_ms']:>7.1f}x  IVF{r['nlist']},"
+            f"nprobe {c['nprobe']} (tuned with such queries)"
+        )
         if n == max(args.sizes):
             r["text_query"] = text_query_latency(ivf)
             t = r["text_query"]
-            print(f"end-to-end text query over {n:,} vectors (ViT-B/32 text tower + IVF search): p50 "
-                  f"{t['end_to_end_p50_ms']:.1f} ms, p99 {t['end_to_end_p99_ms']:.1f} ms "
-                  f"(text encoding alone p50 {t['encode_p50_ms']:.1f} ms)")
+            print(
+                f"end-to-end text query over {n:,} vectors (ViT-B/32 text tower + IVF search): p50 "
+                f"{t['end_to_end_p50_ms']:.1f} ms, p99 {t['end_to_end_p99_ms']:.1f} ms "
+                f"(text encoding alone p50 {t['encode_p50_ms']:.1f} ms)"
+            )
         results.append(r)
         del ivf
     if args.json:

@@ -28,30 +28,121 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from cliplab.tokenizer import DEFAULT_VOCAB_PATH, Tokenizer
 
-_SUBJECTS = (
-    "dog cat man woman child boy girl horse bird car bus truck bicycle train plane boat "
-    "pizza cake sandwich laptop phone book chair table bed sofa tree flower mountain beach "
-    "street building bridge river lake kitchen bathroom giraffe elephant zebra sheep cow "
-    "skateboard surfboard umbrella clock vase teddy bear"
-).split()
-_ADJECTIVES = (
-    "red blue green yellow white black small large old young happy wooden shiny wet "
-    "crowded empty colorful vintage modern beautiful tall short brown orange cute"
-).split()
-_PLACES = (
-    "the park|a busy street|the beach|a kitchen|the snow|a field|the city|a table|"
-    "the water|a living room|the airport|a forest|the sidewalk|a market|the mountains"
-).split("|")
-_VERBS = (
-    "sitting on|standing next to|running through|lying in|looking at|parked near|"
-    "flying over|walking down|playing with|eating|holding|riding"
-).split("|")
+_SUBJECTS = [
+    "dog",
+    "cat",
+    "man",
+    "woman",
+    "child",
+    "boy",
+    "girl",
+    "horse",
+    "bird",
+    "car",
+    "bus",
+    "truck",
+    "bicycle",
+    "train",
+    "plane",
+    "boat",
+    "pizza",
+    "cake",
+    "sandwich",
+    "laptop",
+    "phone",
+    "book",
+    "chair",
+    "table",
+    "bed",
+    "sofa",
+    "tree",
+    "flower",
+    "mountain",
+    "beach",
+    "street",
+    "building",
+    "bridge",
+    "river",
+    "lake",
+    "kitchen",
+    "bathroom",
+    "giraffe",
+    "elephant",
+    "zebra",
+    "sheep",
+    "cow",
+    "skateboard",
+    "surfboard",
+    "umbrella",
+    "clock",
+    "vase",
+    "teddy",
+    "bear",
+]
+_ADJECTIVES = [
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "white",
+    "black",
+    "small",
+    "large",
+    "old",
+    "young",
+    "happy",
+    "wooden",
+    "shiny",
+    "wet",
+    "crowded",
+    "empty",
+    "colorful",
+    "vintage",
+    "modern",
+    "beautiful",
+    "tall",
+    "short",
+    "brown",
+    "orange",
+    "cute",
+]
+_PLACES = [
+    "the park",
+    "a busy street",
+    "the beach",
+    "a kitchen",
+    "the snow",
+    "a field",
+    "the city",
+    "a table",
+    "the water",
+    "a living room",
+    "the airport",
+    "a forest",
+    "the sidewalk",
+    "a market",
+    "the mountains",
+]
+_VERBS = [
+    "sitting on",
+    "standing next to",
+    "running through",
+    "lying in",
+    "looking at",
+    "parked near",
+    "flying over",
+    "walking down",
+    "playing with",
+    "eating",
+    "holding",
+    "riding",
+]
 _TEMPLATES = [
     "a photo of a {adj} {subj}",
     "A {adj} {subj} {verb} {place}.",
@@ -63,11 +154,30 @@ _TEMPLATES = [
     "Stock image: {adj} {subj} {verb} {place} - {n}x{n2} px",
 ]
 _EXTRA = [
-    "一只猫坐在垫子上", "猫が窓辺で寝ている", "Кошка сидит на ковре", "قطة تجلس على السجادة",
-    "고양이가 매트 위에 앉아 있다", "बिल्ली चटाई पर बैठी है", "แมวนั่งอยู่บนเสื่อ", "חתול יושב על השטיח",
-    "café crème", "Straße in München", "niño pequeño", "😀", "👨‍👩‍👧‍👦", "🇯🇵🇺🇸", "❤️",
-    "fish &amp; chips", "&lt;b&gt;sale&lt;/b&gt;", "&#x1F600;", "CafÃ©", "donâ€™t", "“quoted”",
-    "1234567890", "50% off!!!", "ｆｕｌｌｗｉｄｔｈ",
+    "一只猫坐在垫子上",
+    "猫が窓辺で寝ている",
+    "Кошка сидит на ковре",
+    "قطة تجلس على السجادة",
+    "고양이가 매트 위에 앉아 있다",
+    "बिल्ली चटाई पर बैठी है",
+    "แมวนั่งอยู่บนเสื่อ",
+    "חתול יושב על השטיח",
+    "café crème",
+    "Straße in München",
+    "niño pequeño",
+    "😀",
+    "👨‍👩‍👧‍👦",
+    "🇯🇵🇺🇸",
+    "❤️",
+    "fish &amp; chips",
+    "&lt;b&gt;sale&lt;/b&gt;",
+    "&#x1F600;",
+    "CafÃ©",
+    "donâ€™t",
+    "“quoted”",
+    "1234567890",
+    "50% off!!!",
+    "ｆｕｌｌｗｉｄｔｈ",
 ]
 
 
@@ -96,8 +206,12 @@ def make_captions(n: int, seed: int) -> list[str]:
     return out
 
 
-def _best_rate(fn: Callable[[Sequence[str]], object], texts: Sequence[str], repeats: int,
-               fresh: Callable[[], Callable[[Sequence[str]], object]] | None = None) -> float:
+def _best_rate(
+    fn: Callable[[Sequence[str]], object],
+    texts: Sequence[str],
+    repeats: int,
+    fresh: Callable[[], Callable[[Sequence[str]], object]] | None = None,
+) -> float:
     """Best strings/s over `repeats` runs; with `fresh`, each run uses a new instance."""
     best = float("inf")
     for _ in range(repeats):
@@ -138,8 +252,9 @@ def _hf_fast_tokenizer():
                         json.dump(vocab, f, ensure_ascii=False)
                     with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as f:
                         f.write("#version: 0.2\n" + "\n".join(merge_lines) + "\n")
-                    hf = CLIPTokenizerFast(vocab_file=os.path.join(tmp, "vocab.json"),
-                                           merges_file=os.path.join(tmp, "merges.txt"))
+                    hf = CLIPTokenizerFast(
+                        vocab_file=os.path.join(tmp, "vocab.json"), merges_file=os.path.join(tmp, "merges.txt")
+                    )
             ids = hf("hello world")["input_ids"]
             if ids == expected:
                 break
@@ -151,8 +266,7 @@ def _hf_fast_tokenizer():
         return None
 
     def run(texts):
-        return hf(list(texts), padding="max_length", max_length=77, truncation=True,
-                  return_tensors="pt")["input_ids"]
+        return hf(list(texts), padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
 
     return run
 
@@ -168,8 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_b = make_captions(args.n, seed=2)
     n_non_ascii = sum(not s.isascii() for s in set_a)
     print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}")
-    print(f"{len(set_a)} captions per set, {n_non_ascii / len(set_a):.0%} non-ASCII, "
-          f"mean {sum(map(len, set_a)) / len(set_a):.0f} chars; best of {args.repeats}")
+    print(
+        f"{len(set_a)} captions per set, {n_non_ascii / len(set_a):.0%} non-ASCII, "
+        f"mean {sum(map(len, set_a)) / len(set_a):.0f} chars; best of {args.repeats}"
+    )
 
     rows: dict[str, tuple[float, float, float]] = {}
 

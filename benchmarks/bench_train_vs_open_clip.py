@@ -83,7 +83,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 def pack(corpus: Path, out: Path) -> tuple[str, int]:
     """Shards of ``corpus/train.jsonl``; returns (brace pattern, number of samples)."""
-    from cliplab.train.data import pack_shards, read_pairs
+    from cliplab.data import pack_shards, read_pairs
 
     pairs = read_pairs(corpus / "train.jsonl")
     shards = sorted(out.glob("shard-*.tar"))
@@ -99,9 +99,10 @@ def write_open_clip_arch(folder: Path, arch: str) -> dict:
     from cliplab.preprocess import MEAN, STD
 
     config = get_preset(arch)
-    meta = {"model_cfg": config_to_open_clip(config),
-            "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic",
-                               "resize_mode": "shortest"}}
+    meta = {
+        "model_cfg": config_to_open_clip(config),
+        "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic", "resize_mode": "shortest"},
+    }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "open_clip_config.json").write_text(json.dumps(meta, indent=2))
     return meta
@@ -138,27 +139,86 @@ retrieval = ""
 # ----------------------------------------------------------------------------- the two trainers
 
 
-def open_clip_command(a: argparse.Namespace, arch_dir: Path, pattern: str, steps: int, logs: Path, name: str) -> list[str]:
-    return [PY, "-m", "open_clip_train.main",
-            "--model", f"local-dir:{arch_dir}",
-            "--dataset-type", "webdataset", "--train-data", pattern, "--dataset-resampled",
-            "--train-num-samples", str(steps * a.batch_size), "--epochs", "1",
-            "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--warmup", str(a.warmup_steps),
-            "--wd", str(a.wd), "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6",
-            "--precision", "amp_bf16" if a.precision == "bf16" else "fp32",
-            "--aug-cfg", "scale=(1.0,1.0)",
-            "--workers", str(a.workers), "--device", "cpu", "--seed", "0",
-            "--logs", str(logs), "--name", name, "--log-every-n-steps", "1",
-            "--save-frequency", "1", "--zeroshot-frequency", "0", "--val-frequency", "0", "--report-to", ""]
+def open_clip_command(
+    a: argparse.Namespace, arch_dir: Path, pattern: str, steps: int, logs: Path, name: str
+) -> list[str]:
+    return [
+        PY,
+        "-m",
+        "open_clip_train.main",
+        "--model",
+        f"local-dir:{arch_dir}",
+        "--dataset-type",
+        "webdataset",
+        "--train-data",
+        pattern,
+        "--dataset-resampled",
+        "--train-num-samples",
+        str(steps * a.batch_size),
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(a.batch_size),
+        "--lr",
+        str(a.lr),
+        "--warmup",
+        str(a.warmup_steps),
+        "--wd",
+        str(a.wd),
+        "--beta1",
+        "0.9",
+        "--beta2",
+        "0.98",
+        "--eps",
+        "1e-6",
+        "--precision",
+        "amp_bf16" if a.precision == "bf16" else "fp32",
+        "--aug-cfg",
+        "scale=(1.0,1.0)",
+        "--workers",
+        str(a.workers),
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--logs",
+        str(logs),
+        "--name",
+        name,
+        "--log-every-n-steps",
+        "1",
+        "--save-frequency",
+        "1",
+        "--zeroshot-frequency",
+        "0",
+        "--val-frequency",
+        "0",
+        "--report-to",
+        "",
+    ]
 
 
 def cliplab_command(a: argparse.Namespace, config: Path, steps: int, out: Path) -> list[str]:
-    return [PY, "-m", "cliplab", "train", str(config), "--out", str(out), "--json",
-            "--set", f"train.steps={steps}", "--set", f"train.checkpoint_every={steps}"]
+    return [
+        PY,
+        "-m",
+        "cliplab",
+        "train",
+        str(config),
+        "--out",
+        str(out),
+        "--json",
+        "--set",
+        f"train.steps={steps}",
+        "--set",
+        f"train.checkpoint_every={steps}",
+    ]
 
 
-_OC_LINE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/\d+.*?Data \(t\): ([\d.]+) Batch \(t\): ([\d.]+), ([\d.]+)/s.*?"
-                      r"Contrastive_loss: ([\d.]+)")
+_OC_LINE = re.compile(
+    r"Train Epoch: \d+ \[\s*(\d+)/\d+.*?Data \(t\): ([\d.]+) Batch \(t\): ([\d.]+), ([\d.]+)/s.*?"
+    r"Contrastive_loss: ([\d.]+)"
+)
 
 
 def open_clip_steps(log: Path, batch_size: int) -> list[dict]:
@@ -169,8 +229,9 @@ def open_clip_steps(log: Path, batch_size: int) -> list[dict]:
     for line in log.read_text().splitlines():
         m = _OC_LINE.search(line)
         if m:
-            steps.append({"seconds": batch_size / float(m.group(4)), "data_wait": float(m.group(2)),
-                          "loss": float(m.group(5))})
+            steps.append(
+                {"seconds": batch_size / float(m.group(4)), "data_wait": float(m.group(2)), "loss": float(m.group(5))}
+            )
     return steps
 
 
@@ -188,10 +249,15 @@ def summarise(steps: list[dict], batch_size: int, skip: int) -> dict:
     seconds = [s["seconds"] for s in steps]
     loop = sum(seconds)
     steady = seconds[skip:] or seconds
-    return {"steps": len(steps), "loop_seconds": loop, "samples_per_second": len(steps) * batch_size / loop,
-            "steady_step_seconds": statistics.fmean(steady), "startup_loop_seconds": sum(seconds[:skip]),
-            "steady_samples_per_second": batch_size / statistics.fmean(steady),
-            "final_loss": statistics.fmean(s["loss"] for s in steps[-10:])}
+    return {
+        "steps": len(steps),
+        "loop_seconds": loop,
+        "samples_per_second": len(steps) * batch_size / loop,
+        "steady_step_seconds": statistics.fmean(steady),
+        "startup_loop_seconds": sum(seconds[:skip]),
+        "steady_samples_per_second": batch_size / statistics.fmean(steady),
+        "final_loss": statistics.fmean(s["loss"] for s in steps[-10:]),
+    }
 
 
 def run(cmd: list[str], log_file: Path) -> float:
@@ -201,8 +267,10 @@ def run(cmd: list[str], log_file: Path) -> float:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"command failed ({proc.returncode}); last lines of {log_file}:\n"
-                 + "\n".join(log_file.read_text().splitlines()[-30:]))
+        sys.exit(
+            f"command failed ({proc.returncode}); last lines of {log_file}:\n"
+            + "\n".join(log_file.read_text().splitlines()[-30:])
+        )
     return seconds
 
 
@@ -256,9 +324,9 @@ def check_same_forward(folder: Path, corpus: Path) -> float:
     import torch.nn.functional as F
 
     from cliplab import load
-    from cliplab.train.evaluate import read_jsonl
+    from cliplab.evaluate import read_items
 
-    items = read_jsonl(corpus / "retrieval_test.jsonl")[:8]
+    items = read_items(corpus / "retrieval_test.jsonl")[:8]
     pipeline = load(str(folder), device="cpu")
     oc_model = open_clip.create_model(f"local-dir:{folder}", device="cpu").eval()
     oc_tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
@@ -269,23 +337,44 @@ def check_same_forward(folder: Path, corpus: Path) -> float:
         print("note: cliplab's and OpenCLIP's tokenizers differ on the probe captions")
     with torch.inference_mode():
         diffs = [
-            (F.normalize(pipeline.encode_image(pixels).float(), dim=-1)
-             - F.normalize(oc_model.encode_image(pixels).float(), dim=-1)).abs().max(),
-            (F.normalize(pipeline.encode_text(tokens).float(), dim=-1)
-             - F.normalize(oc_model.encode_text(tokens).float(), dim=-1)).abs().max(),
+            (
+                F.normalize(pipeline.encode_image(pixels).float(), dim=-1)
+                - F.normalize(oc_model.encode_image(pixels).float(), dim=-1)
+            )
+            .abs()
+            .max(),
+            (
+                F.normalize(pipeline.encode_text(tokens).float(), dim=-1)
+                - F.normalize(oc_model.encode_text(tokens).float(), dim=-1)
+            )
+            .abs()
+            .max(),
         ]
     return float(max(diffs))
 
 
 def evaluate(model: Path, corpus: Path, work: Path, tag: str) -> tuple[dict, list[str]]:
-    cmd = [PY, "-m", "cliplab", "eval", "--model", str(model), "--zeroshot", str(corpus / "zeroshot_test.jsonl"),
-           "--retrieval", str(corpus / "retrieval_test.jsonl"), "--device", "cpu", "--json"]
+    cmd = [
+        PY,
+        "-m",
+        "cliplab",
+        "eval",
+        "--model",
+        str(model),
+        "--zeroshot",
+        str(corpus / "zeroshot_test.jsonl"),
+        "--retrieval",
+        str(corpus / "retrieval_test.jsonl"),
+        "--device",
+        "cpu",
+        "--json",
+    ]
     print("$ " + shlex.join(cmd), flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     (work / f"eval_{tag}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         sys.exit(f"evaluation failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout[proc.stdout.index("{"):]), cmd
+    return json.loads(proc.stdout[proc.stdout.index("{") :]), cmd
 
 
 # ----------------------------------------------------------------------------- report
@@ -336,8 +425,11 @@ def main() -> None:
         cl_cal, _, _ = train_cliplab(a, work, config, a.calibration_steps, "calibration")
         oc_steps = steps_for_budget(oc_cal, a.budget_seconds, a.skip_steps)
         cl_steps = steps_for_budget(cl_cal, a.budget_seconds, a.skip_steps)
-        print(f"calibration: open_clip {oc_cal['steady_samples_per_second']:.0f} samples/s -> {oc_steps} steps; "
-              f"cliplab {cl_cal['steady_samples_per_second']:.0f} samples/s -> {cl_steps} steps", flush=True)
+        print(
+            f"calibration: open_clip {oc_cal['steady_samples_per_second']:.0f} samples/s -> {oc_steps} steps; "
+            f"cliplab {cl_cal['steady_samples_per_second']:.0f} samples/s -> {cl_steps} steps",
+            flush=True,
+        )
 
         # 2. the real runs, one after the other (never concurrently)
         oc, oc_wall, oc_ckpt = train_open_clip(a, work, arch_dir, pattern, oc_steps, "run")
@@ -352,7 +444,7 @@ def main() -> None:
         cl_eval, cl_eval_cmd = evaluate(cl_model, corpus, work, "cliplab")
 
         oc_records = open_clip_steps(work / "open_clip_logs" / "run" / "out.log", a.batch_size)
-        oc_wait = statistics.fmean(r["data_wait"] for r in oc_records[a.skip_steps:])
+        oc_wait = statistics.fmean(r["data_wait"] for r in oc_records[a.skip_steps :])
         z_oc, z_cl = oc_eval["zeroshot"], cl_eval["zeroshot"]
         r_oc, r_cl = oc_eval["retrieval"], cl_eval["retrieval"]
         rows = [
@@ -361,38 +453,81 @@ def main() -> None:
             ("training loop, s", oc["loop_seconds"], cl["loop_seconds"], ".1f", ""),
             ("whole process (wall clock), s", oc_wall, cl_wall, ".1f", ""),
             ("samples/s (training loop)", oc["samples_per_second"], cl["samples_per_second"], ".1f", ""),
-            (f"samples/s (steady, after {a.skip_steps} steps)", oc["steady_samples_per_second"],
-             cl["steady_samples_per_second"], ".1f", ""),
-            ("loss (mean of last 10 steps)", oc["final_loss"], cl["final_loss"], ".3f",
-             f"{math.log(a.batch_size):.3f}"),
-            (f"zero-shot top-1 ({z_cl['classes']} classes)", z_oc["top1"], z_cl["top1"], ".2%",
-             f"{z_cl['chance_top1']:.2%}"),
+            (
+                f"samples/s (steady, after {a.skip_steps} steps)",
+                oc["steady_samples_per_second"],
+                cl["steady_samples_per_second"],
+                ".1f",
+                "",
+            ),
+            (
+                "loss (mean of last 10 steps)",
+                oc["final_loss"],
+                cl["final_loss"],
+                ".3f",
+                f"{math.log(a.batch_size):.3f}",
+            ),
+            (
+                f"zero-shot top-1 ({z_cl['classes']} classes)",
+                z_oc["top1"],
+                z_cl["top1"],
+                ".2%",
+                f"{z_cl['chance_top1']:.2%}",
+            ),
             ("zero-shot top-5", z_oc["top5"], z_cl["top5"], ".2%", f"{z_cl['chance_top5']:.2%}"),
-            (f"retrieval image->text R@1 ({r_cl['pairs']})", r_oc["image_to_text_R@1"], r_cl["image_to_text_R@1"],
-             ".2%", f"{r_cl['chance_R@1']:.2%}"),
-            ("retrieval image->text R@10", r_oc["image_to_text_R@10"], r_cl["image_to_text_R@10"], ".2%",
-             f"{r_cl['chance_R@10']:.2%}"),
-            ("retrieval text->image R@10", r_oc["text_to_image_R@10"], r_cl["text_to_image_R@10"], ".2%",
-             f"{r_cl['chance_R@10']:.2%}"),
+            (
+                f"retrieval image->text R@1 ({r_cl['pairs']})",
+                r_oc["image_to_text_R@1"],
+                r_cl["image_to_text_R@1"],
+                ".2%",
+                f"{r_cl['chance_R@1']:.2%}",
+            ),
+            (
+                "retrieval image->text R@10",
+                r_oc["image_to_text_R@10"],
+                r_cl["image_to_text_R@10"],
+                ".2%",
+                f"{r_cl['chance_R@10']:.2%}",
+            ),
+            (
+                "retrieval text->image R@10",
+                r_oc["text_to_image_R@10"],
+                r_cl["text_to_image_R@10"],
+                ".2%",
+                f"{r_cl['chance_R@10']:.2%}",
+            ),
         ]
         print("\n== commands ==")
         for cmd in (oc_cmd, cl_cmd, oc_eval_cmd, cl_eval_cmd):
             print("$ " + shlex.join(cmd))
         print(f"(cliplab config {config}:)\n" + config.read_text())
-        print(f"== {a.arch}, batch {a.batch_size}, {a.precision}, lr {a.lr}, warmup {a.warmup_steps}, wd {a.wd}, "
-              f"{a.workers} worker, budget {a.budget_seconds:.0f} s of training loop each, "
-              f"{os.cpu_count()} CPU cores, torch threads {__import__('torch').get_num_threads()} ==")
+        print(
+            f"== {a.arch}, batch {a.batch_size}, {a.precision}, lr {a.lr}, warmup {a.warmup_steps}, wd {a.wd}, "
+            f"{a.workers} worker, budget {a.budget_seconds:.0f} s of training loop each, "
+            f"{os.cpu_count()} CPU cores, torch threads {__import__('torch').get_num_threads()} =="
+        )
         print(table(rows))
-        print(f"(loss chance = ln(batch size); retrieval over {r_cl['pairs']} held-out pairs, zero-shot over "
-              f"{z_cl['images']} held-out images)")
-        print(f"open_clip's wait for its data loader: {oc_wait * 1000:.0f} ms of {oc['steady_step_seconds'] * 1000:.0f} ms "
-              f"a step (steady); cliplab does not log it")
-        print(f"calibration: open_clip {oc_cal['steady_samples_per_second']:.1f}, cliplab "
-              f"{cl_cal['steady_samples_per_second']:.1f} steady samples/s")
-        print(f"cliplab's forward of the OpenCLIP-trained weights vs OpenCLIP's: max |diff| of normalised "
-              f"features {fidelity:.2e}")
-        print(f"benchmark took {time.perf_counter() - t0:.0f} s; logs in {work}" if (a.work or a.keep) else
-              f"benchmark took {time.perf_counter() - t0:.0f} s")
+        print(
+            f"(loss chance = ln(batch size); retrieval over {r_cl['pairs']} held-out pairs, zero-shot over "
+            f"{z_cl['images']} held-out images)"
+        )
+        print(
+            f"open_clip's wait for its data loader: {oc_wait * 1000:.0f} ms of {oc['steady_step_seconds'] * 1000:.0f} ms "
+            f"a step (steady); cliplab does not log it"
+        )
+        print(
+            f"calibration: open_clip {oc_cal['steady_samples_per_second']:.1f}, cliplab "
+            f"{cl_cal['steady_samples_per_second']:.1f} steady samples/s"
+        )
+        print(
+            f"cliplab's forward of the OpenCLIP-trained weights vs OpenCLIP's: max |diff| of normalised "
+            f"features {fidelity:.2e}"
+        )
+        print(
+            f"benchmark took {time.perf_counter() - t0:.0f} s; logs in {work}"
+            if (a.work or a.keep)
+            else f"benchmark took {time.perf_counter() - t0:.0f} s"
+        )
     finally:
         if not (a.work or a.keep):
             shutil.rmtree(work, ignore_errors=True)

@@ -64,14 +64,18 @@ def measure(index: ann.VectorIndex, exact: ann.VectorIndex, queries: np.ndarray)
         start = time.perf_counter()
         index.search(query[None], 10)
         times.append((time.perf_counter() - start) * 1000)
-    return {"recall@10": round(ann.recall_at_k(found, truth), 4),
-            "p50_ms": round(float(np.percentile(times, 50)), 3),
-            "p99_ms": round(float(np.percentile(times, 99)), 3)}
+    return {
+        "recall@10": round(ann.recall_at_k(found, truth), 4),
+        "p50_ms": round(float(np.percentile(times, 50)), 3),
+        "p99_ms": round(float(np.percentile(times, 99)), 3),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, default=Path(os.environ.get("CLIPLAB_HOME", Path.home() / ".cache/cliplab")))
+    parser.add_argument(
+        "--home", type=Path, default=Path(os.environ.get("CLIPLAB_HOME", Path.home() / ".cache/cliplab"))
+    )
     parser.add_argument("--views", type=int, default=8, help="stored crops per corpus image")
     parser.add_argument("--queries", type=int, default=1000, help="text queries and image queries each")
     parser.add_argument("--json", type=Path)
@@ -79,14 +83,16 @@ def main() -> None:
 
     corpus = args.home / "corpus"
     if not (corpus / "pairs.jsonl").exists():
-        raise SystemExit(f"error: no sample corpus under {corpus}; run `make demo` first (it builds the corpus "
-                         "and trains cliplab-mini), or pass --home")
+        raise SystemExit(
+            f"error: no sample corpus under {corpus}; run `make demo` first (it builds the corpus "
+            "and trains cliplab-mini), or pass --home"
+        )
     pipeline = load("cliplab-mini")
     pairs = [json.loads(line) for line in (corpus / "pairs.jsonl").open()]
     paths = sorted({corpus / pair["image"] for pair in pairs})
     captions = sorted({pair["caption"] for pair in pairs})
     random.Random(0).shuffle(captions)
-    query_texts, store_texts = captions[:args.queries], captions[args.queries:args.queries + 2000]
+    query_texts, store_texts = captions[: args.queries], captions[args.queries : args.queries + 2000]
 
     print(f"{len(paths)} corpus images x {args.views} views, {len(captions)} distinct captions")
     vectors = embed_views(pipeline, paths, args.views, seed=0)
@@ -98,23 +104,35 @@ def main() -> None:
 
     exact = ann.flat_index("image", ids, vectors)
     gap = float(np.mean(text_queries @ vectors[:5000].T)), float(np.mean(image_queries @ vectors[:5000].T))
-    result = {"stored_vectors": len(vectors), "dim": vectors.shape[1], "mean_cosine_text_to_images": round(gap[0], 3),
-              "mean_cosine_image_to_images": round(gap[1], 3), "tunings": {}}
+    result = {
+        "stored_vectors": len(vectors),
+        "dim": vectors.shape[1],
+        "mean_cosine_text_to_images": round(gap[0], 3),
+        "mean_cosine_image_to_images": round(gap[1], 3),
+        "tunings": {},
+    }
     # (name, nprobe margin, cross-modal tuning queries): the store's default for images alone, the same
     # without the margin, and a store that also holds captions, which tunes with them as queries.
-    tunings = [("images only, no margin", 1, None),
-               (f"images only, margin x{ann.NPROBE_MARGIN} (default)", ann.NPROBE_MARGIN, None),
-               ("with 2000 stored captions (default)", ann.NPROBE_MARGIN, probe_texts)]
+    tunings = [
+        ("images only, no margin", 1, None),
+        (f"images only, margin x{ann.NPROBE_MARGIN} (default)", ann.NPROBE_MARGIN, None),
+        ("with 2000 stored captions (default)", ann.NPROBE_MARGIN, probe_texts),
+    ]
     for name, margin, other in tunings:
         start = time.perf_counter()
         index = ann.ivf_index("image", ids, vectors, other_queries=other, nprobe_margin=margin)
-        row = {"build_s": round(time.perf_counter() - start, 1), "nlist": index.params.nlist,
-               "nprobe": index.params.nprobe,
-               "text queries": measure(index, exact, text_queries),
-               "image queries": measure(index, exact, image_queries)}
+        row = {
+            "build_s": round(time.perf_counter() - start, 1),
+            "nlist": index.params.nlist,
+            "nprobe": index.params.nprobe,
+            "text queries": measure(index, exact, text_queries),
+            "image queries": measure(index, exact, image_queries),
+        }
         result["tunings"][name] = row
-        print(f"{name}: nlist {row['nlist']} nprobe {row['nprobe']}  text {row['text queries']}  "
-              f"image {row['image queries']}")
+        print(
+            f"{name}: nlist {row['nlist']} nprobe {row['nprobe']}  text {row['text queries']}  "
+            f"image {row['image queries']}"
+        )
     result["exact_p50_ms"] = measure(exact, exact, text_queries[:100])["p50_ms"]
     print(json.dumps(result, indent=2))
     if args.json:

@@ -30,14 +30,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cliplab.api import cliplab_home, load
+from cliplab.api import load
+from cliplab.data.corpus.emoji import load_iconify
+from cliplab.data.corpus.render import rsvg
+from cliplab.data.corpus.sources import find_sources
 from cliplab.detect import box_iou, detect, sliding_windows
-from cliplab.train.corpus import _rsvg, ensure_sources, load_iconify
-from cliplab.train.evaluate import read_jsonl
+from cliplab.evaluate import read_items
+from cliplab.paths import cliplab_home
 
 
 def background(rng: random.Random, size: int) -> Image.Image:
     """A varied canvas background: pastel colour, gradient, stripes or noise."""
+
     def colour() -> tuple[int, int, int]:
         return tuple(rng.randint(90, 255) for _ in range(3))  # type: ignore[return-value]
 
@@ -64,7 +68,7 @@ def background(rng: random.Random, size: int) -> Image.Image:
 
 def render_emoji(icons, name: str, side: int) -> Image.Image:
     """An OpenMoji icon with transparency, trimmed to its content, its longer side ``side`` px."""
-    image = _rsvg(None, icons.svg(name), 2 * side).convert("RGBA")
+    image = rsvg(None, icons.svg(name), 2 * side).convert("RGBA")
     image = image.crop(image.getchannel("A").point(lambda a: 255 if a > 16 else 0).getbbox())
     scale = side / max(image.size)
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
@@ -76,7 +80,9 @@ def make_canvas(rng: random.Random, items: list[dict], icons, size: int) -> tupl
     truth: list[dict] = []
     for item in items:
         for _ in range(200):  # rejection sampling for a free spot
-            sprite = render_emoji(icons, item["origin"].split(":", 1)[1], rng.randint(int(0.22 * size), int(0.45 * size)))
+            sprite = render_emoji(
+                icons, item["origin"].split(":", 1)[1], rng.randint(int(0.22 * size), int(0.45 * size))
+            )
             x, y = rng.randint(0, size - sprite.width), rng.randint(0, size - sprite.height)
             box = [x, y, x + sprite.width, y + sprite.height]
             if not truth or box_iou(np.array([box]), np.array([t["box"] for t in truth])).max() == 0:
@@ -86,8 +92,9 @@ def make_canvas(rng: random.Random, items: list[dict], icons, size: int) -> tupl
     return canvas, truth
 
 
-def random_box_hits(truth: np.ndarray, sides: np.ndarray, size: int, rng: np.random.Generator,
-                    draws: int = 1000) -> float:
+def random_box_hits(
+    truth: np.ndarray, sides: np.ndarray, size: int, rng: np.random.Generator, draws: int = 1000
+) -> float:
     side = rng.choice(sides, draws)
     x, y = rng.integers(0, size - side + 1), rng.integers(0, size - side + 1)
     boxes = np.stack([x, y, x + side, y + side], axis=1)
@@ -109,8 +116,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = Path(args.corpus) if args.corpus else cliplab_home() / "corpus"
-    held_out = [item for item in read_jsonl(corpus / "zeroshot_test.jsonl") if item["origin"].startswith("openmoji:")]
-    icons = load_iconify(ensure_sources(install=False).iconify["openmoji"], "openmoji")
+    held_out = [item for item in read_items(corpus / "zeroshot_test.jsonl") if item["origin"].startswith("openmoji:")]
+    icons = load_iconify(find_sources().iconify["openmoji"], "openmoji")
     clip = load(args.model)
     rng = random.Random(args.seed)
 
@@ -131,9 +138,17 @@ def main() -> None:
         for i, t in enumerate(truth):
             best = result.best(t["label"])
             ious = box_iou(np.array([best.box]), true_boxes)[0]
-            records.append({"canvas": number, "label": t["label"], "truth": t["box"], "box": list(best.box),
-                            "score": best.score, "iou": float(ious[i]),
-                            "other_hit": bool(np.delete(ious, i).max(initial=0) >= 0.5)})
+            records.append(
+                {
+                    "canvas": number,
+                    "label": t["label"],
+                    "truth": t["box"],
+                    "box": list(best.box),
+                    "score": best.score,
+                    "iou": float(ious[i]),
+                    "other_hit": bool(np.delete(ious, i).max(initial=0) >= 0.5),
+                }
+            )
         if number < args.save_canvases:
             canvas.save(out / f"canvas_{number}.png")
             (out / f"canvas_{number}.json").write_text(json.dumps(truth, indent=1))
@@ -144,8 +159,12 @@ def main() -> None:
     brng = np.random.default_rng(args.seed)
     window_iou = box_iou(truths, windows)
     summary = {
-        "model": clip.name, "canvases": len(canvases), "queries": len(records), "canvas_size": args.size,
-        "emoji_per_canvas": args.per_canvas, "windows_per_canvas": len(windows),
+        "model": clip.name,
+        "canvases": len(canvases),
+        "queries": len(records),
+        "canvas_size": args.size,
+        "emoji_per_canvas": args.per_canvas,
+        "windows_per_canvas": len(windows),
         "hit_rate": float(np.mean([r["iou"] >= 0.5 for r in records])),
         "mean_iou": float(np.mean([r["iou"] for r in records])),
         "random_box_hit_rate": float(np.mean([random_box_hits(t[None], sides, args.size, brng) for t in truths])),
@@ -155,12 +174,17 @@ def main() -> None:
         "seconds_per_canvas": seconds / len(canvases),
     }
     (out / "results.json").write_text(json.dumps({"summary": summary, "queries": records}, indent=1))
-    print(f"zero-shot detection, {summary['model']}: {summary['queries']} queries on {summary['canvases']} "
-          f"canvases ({args.size} px, {args.per_canvas} held-out OpenMoji emoji each, {len(windows)} windows)")
-    rows = [("detector, best box", summary["hit_rate"]), ("random box (same sizes)", summary["random_box_hit_rate"]),
-            ("random sliding window", summary["random_window_hit_rate"]),
-            ("best box on another emoji", summary["other_emoji_hit_rate"]),
-            ("ceiling: best window", summary["best_window_hit_rate"])]
+    print(
+        f"zero-shot detection, {summary['model']}: {summary['queries']} queries on {summary['canvases']} "
+        f"canvases ({args.size} px, {args.per_canvas} held-out OpenMoji emoji each, {len(windows)} windows)"
+    )
+    rows = [
+        ("detector, best box", summary["hit_rate"]),
+        ("random box (same sizes)", summary["random_box_hit_rate"]),
+        ("random sliding window", summary["random_window_hit_rate"]),
+        ("best box on another emoji", summary["other_emoji_hit_rate"]),
+        ("ceiling: best window", summary["best_window_hit_rate"]),
+    ]
     print(f"  {'':28} IoU>=0.5 hit rate")
     for name, value in rows:
         print(f"  {name:28} {value:6.1%}")

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cliplab.api import cliplab_home, load
+from cliplab.api import load
+from cliplab.evaluate import read_items
 from cliplab.generate import generate
-from cliplab.train.evaluate import read_jsonl
+from cliplab.paths import cliplab_home
 from cliplab.zeroshot import ZeroShotClassifier
 
 TEMPLATES = ["{}", "an emoji of {}.", "a drawing of {}.", "a picture of {}."]
@@ -39,9 +40,13 @@ def recognition(pipeline, classifier: ZeroShotClassifier, images: list, targets:
     """Top-1 / top-5 rate of ``images`` being classified as their target class, and the ranks."""
     probs = classifier.probabilities(pipeline.embed_images(images))
     ranks = [int((row > row[t]).sum()) for row, t in zip(probs, targets)]
-    return {"top1": float(np.mean([r < 1 for r in ranks])), "top5": float(np.mean([r < 5 for r in ranks])),
-            "top50": float(np.mean([r < 50 for r in ranks])), "median_rank": float(np.median(ranks)) + 1,
-            "ranks": [r + 1 for r in ranks]}
+    return {
+        "top1": float(np.mean([r < 1 for r in ranks])),
+        "top5": float(np.mean([r < 5 for r in ranks])),
+        "top50": float(np.mean([r < 50 for r in ranks])),
+        "median_rank": float(np.median(ranks)) + 1,
+        "ranks": [r + 1 for r in ranks],
+    }
 
 
 def contact_sheet(images: list[Image.Image], captions: list[str], path: Path, tile: int = 96) -> None:
@@ -71,7 +76,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = Path(args.corpus) if args.corpus else cliplab_home() / "corpus"
-    held_out = read_jsonl(corpus / "zeroshot_test.jsonl")
+    held_out = read_items(corpus / "zeroshot_test.jsonl")
     classes = json.loads((corpus / "concepts.json").read_text())
     by_concept = {item["concept"]: item for item in held_out if item["concept"] in classes}
     concepts = random.Random(args.seed).sample(sorted(by_concept), args.prompts)
@@ -83,12 +88,20 @@ def main() -> None:
         path = out / f"{i:03d}_{slug}_s{args.steps}_c{args.cutouts}.png"
         if not path.is_file():
             start = time.perf_counter()
-            result = generate(generator, [t.format(concept) for t in TEMPLATES], steps=args.steps, seed=i,
-                              cutouts_per_step=args.cutouts)
+            result = generate(
+                generator,
+                [t.format(concept) for t in TEMPLATES],
+                steps=args.steps,
+                seed=i,
+                cutouts_per_step=args.cutouts,
+            )
             seconds += time.perf_counter() - start
             result.image.save(path)
-            print(f"{i + 1}/{len(concepts)} {concept!r}: cosine {result.similarities[0]:.3f} -> "
-                  f"{result.final_similarity:.3f}", flush=True)
+            print(
+                f"{i + 1}/{len(concepts)} {concept!r}: cosine {result.similarities[0]:.3f} -> "
+                f"{result.final_similarity:.3f}",
+                flush=True,
+            )
         images.append(Image.open(path).convert("RGB"))
     contact_sheet(images, concepts, out / "sheet.png")
 
@@ -97,22 +110,45 @@ def main() -> None:
     targets = [classes.index(c) for c in concepts]
     judge = load(args.judge)
     b = recognition(judge, ZeroShotClassifier.from_labels(judge, classes, TEMPLATES), images, targets)
-    b_real = recognition(judge, ZeroShotClassifier.from_labels(judge, classes, TEMPLATES),
-                         [by_concept[c]["image"] for c in concepts], targets)
+    b_real = recognition(
+        judge,
+        ZeroShotClassifier.from_labels(judge, classes, TEMPLATES),
+        [by_concept[c]["image"] for c in concepts],
+        targets,
+    )
     a_self = recognition(generator, ZeroShotClassifier.from_labels(generator, classes, TEMPLATES), images, targets)
-    chance = {"top1": 1 / len(classes), "top5": 5 / len(classes), "top50": 50 / len(classes),
-              "median_rank": (len(classes) + 1) / 2}
-    summary = {"generator": generator.name, "judge": args.judge, "prompts": len(concepts), "classes": len(classes),
-               "steps": args.steps, "cutouts": args.cutouts, "judge_on_generated": b, "chance": chance,
-               "generator_on_its_own_images (not evidence)": a_self, "judge_on_real_openmoji": b_real,
-               "concepts": concepts, "generation_seconds": round(seconds, 1)}
+    chance = {
+        "top1": 1 / len(classes),
+        "top5": 5 / len(classes),
+        "top50": 50 / len(classes),
+        "median_rank": (len(classes) + 1) / 2,
+    }
+    summary = {
+        "generator": generator.name,
+        "judge": args.judge,
+        "prompts": len(concepts),
+        "classes": len(classes),
+        "steps": args.steps,
+        "cutouts": args.cutouts,
+        "judge_on_generated": b,
+        "chance": chance,
+        "generator_on_its_own_images (not evidence)": a_self,
+        "judge_on_real_openmoji": b_real,
+        "concepts": concepts,
+        "generation_seconds": round(seconds, 1),
+    }
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    print(f"\n{len(concepts)} generated images (model A = {generator.name}, {args.steps} steps), classified among "
-          f"{len(classes)} held-out concepts")
+    print(
+        f"\n{len(concepts)} generated images (model A = {generator.name}, {args.steps} steps), classified among "
+        f"{len(classes)} held-out concepts"
+    )
     print(f"  {'':46} {'top-1':>7} {'top-5':>7} {'top-50':>7} {'median rank':>12}")
-    for name, r in [("model B (independent) on the generated images", b), ("chance", chance),
-                    ("model A on its own images (not evidence)", a_self),
-                    ("model B on the real OpenMoji drawings", b_real)]:
+    for name, r in [
+        ("model B (independent) on the generated images", b),
+        ("chance", chance),
+        ("model A on its own images (not evidence)", a_self),
+        ("model B on the real OpenMoji drawings", b_real),
+    ]:
         print(f"  {name:46} {r['top1']:7.1%} {r['top5']:7.1%} {r['top50']:7.1%} {r['median_rank']:12.0f}")
     print(f"results: {out / 'results.json'}, images: {out / 'sheet.png'}")
 

@@ -41,7 +41,7 @@ def _photo(size=(96, 72), seed=0) -> Image.Image:
     rng = np.random.default_rng(seed)
     pixels = np.zeros((size[1], size[0], 3), np.uint8)
     pixels[:] = rng.integers(0, 255, 3)
-    pixels[size[1] // 4:, : size[0] // 2] = rng.integers(0, 255, 3)
+    pixels[size[1] // 4 :, : size[0] // 2] = rng.integers(0, 255, 3)
     return Image.fromarray(pixels)
 
 
@@ -53,12 +53,17 @@ def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def _png_declaring(width: int, height: int) -> bytes:
     """A few hundred bytes of PNG whose header declares ``width x height`` pixels."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + chunk(b"IEND", b"")
+    )
 
 
 class _RunsCode:
@@ -86,17 +91,37 @@ def image_inputs(folder: Path) -> list[BadInput]:
         ("empty.jpg", b"", "error", "zero-byte file"),
         ("text.png", b"this is not an image, just text with a .png name\n", "error", "text with an image extension"),
         ("html.jpg", b"<html><body>404 not found</body></html>", "error", "an HTML error page saved as .jpg"),
-        ("bomb.png", _png_declaring(200_000, 200_000), "error",
-         "decompression bomb: a 300-byte PNG declaring 200,000 x 200,000 pixels"),
-        ("huge.png", _png_declaring(12_000, 10_000), "error",
-         "120 megapixels declared, above Pillow's 89.5 MP safety limit"),
-        ("panorama.png", _encoded(Image.new("RGB", (20_000, 12), (40, 90, 200)), "PNG"), "ok",
-         "20000 x 12 pixels: an extreme aspect ratio"),
-        ("large.png", _encoded(Image.new("RGB", (6_000, 4_000), (200, 90, 40)), "PNG"), "ok",
-         "24 megapixels, legitimately large"),
+        (
+            "bomb.png",
+            _png_declaring(200_000, 200_000),
+            "error",
+            "decompression bomb: a 300-byte PNG declaring 200,000 x 200,000 pixels",
+        ),
+        (
+            "huge.png",
+            _png_declaring(12_000, 10_000),
+            "error",
+            "120 megapixels declared, above Pillow's 89.5 MP safety limit",
+        ),
+        (
+            "panorama.png",
+            _encoded(Image.new("RGB", (20_000, 12), (40, 90, 200)), "PNG"),
+            "ok",
+            "20000 x 12 pixels: an extreme aspect ratio",
+        ),
+        (
+            "large.png",
+            _encoded(Image.new("RGB", (6_000, 4_000), (200, 90, 40)), "PNG"),
+            "ok",
+            "24 megapixels, legitimately large",
+        ),
         ("cmyk.jpg", _encoded(photo.convert("CMYK"), "JPEG"), "ok", "CMYK JPEG"),
-        ("gray16.png", _encoded(Image.fromarray((np.arange(96 * 72).reshape(72, 96) * 9).astype(np.uint16)), "PNG"),
-         "ok", "16-bit greyscale PNG"),
+        (
+            "gray16.png",
+            _encoded(Image.fromarray((np.arange(96 * 72).reshape(72, 96) * 9).astype(np.uint16)), "PNG"),
+            "ok",
+            "16-bit greyscale PNG",
+        ),
         ("palette_alpha.png", _encoded(_palette_with_transparency(), "PNG"), "ok", "palette PNG with transparency"),
         ("animated.gif", _animated(photo, "GIF"), "ok", "animated GIF (first frame is used)"),
         ("animated.webp", _animated(photo, "WEBP"), "ok", "animated WebP"),
@@ -167,8 +192,11 @@ def checkpoint_inputs(folder: Path, marker: Path) -> list[BadInput]:
         entries.append(BadInput(name, "checkpoint", expect, what, path=str(path)))
 
     add("good", None, "a valid cliplab checkpoint (control)", expect="ok")
-    add("corrupt.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b"\0" * 64,
-        "safetensors with a broken header")
+    add(
+        "corrupt.safetensors",
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b"\0" * 64,
+        "safetensors with a broken header",
+    )
     add("truncated.safetensors", weights[: len(weights) // 2], "safetensors cut in half")
     add("empty.pt", b"", "zero-byte .pt")
     add("random.bin", np.random.default_rng(0).bytes(4096), "4 KB of random bytes named .bin")
@@ -181,12 +209,23 @@ def checkpoint_inputs(folder: Path, marker: Path) -> list[BadInput]:
     config["model"]["vision"]["layers"] = config["model"]["vision"]["layers"] + 3
     (wrong / "cliplab_config.json").write_text(json.dumps(config))
     (wrong / "model.safetensors").write_bytes(weights)
-    entries.append(BadInput("wrong-architecture", "checkpoint", "error",
-                            "config says 3 more vision layers than the weights hold", path=str(wrong)))
-    add("runs-code.pt", pickle.dumps({"state_dict": _RunsCode(str(marker))}, protocol=2),
-        f"a pickle that would create {marker.name} when unpickled")
-    add("runs-code-zip.pt", _torch_zip_with(_RunsCode(str(marker))),
-        "a torch.save zip whose pickle would create a file")
+    entries.append(
+        BadInput(
+            "wrong-architecture",
+            "checkpoint",
+            "error",
+            "config says 3 more vision layers than the weights hold",
+            path=str(wrong),
+        )
+    )
+    add(
+        "runs-code.pt",
+        pickle.dumps({"state_dict": _RunsCode(str(marker))}, protocol=2),
+        f"a pickle that would create {marker.name} when unpickled",
+    )
+    add(
+        "runs-code-zip.pt", _torch_zip_with(_RunsCode(str(marker))), "a torch.save zip whose pickle would create a file"
+    )
     return entries
 
 

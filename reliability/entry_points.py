@@ -51,7 +51,7 @@ def _cli(argv: list[str]) -> tuple[int, str, str]:
 def _cli_outcome(argv: list[str], name: str | None = None) -> str:
     try:
         status, _, err = _cli(argv)
-    except Exception as error:  # noqa: BLE001 - an escaped exception is exactly what we look for
+    except Exception as error:
         return f"CRASH: {type(error).__name__}: {error}"
     message = err.strip().splitlines()[-1] if err.strip() else ""
     if status == 0:
@@ -70,14 +70,14 @@ def _call(function, expected_errors: tuple[type[BaseException], ...], name: str 
         if name is not None and name not in text:
             return f"CRASH: the message does not name {name}: {text[:160]}"
         return f"error: {text[:160]}"
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return f"CRASH: {type(error).__name__}: {str(error)[:200]}"
 
 
 def _http(client, method: str, url: str, **kwargs) -> str:
     try:
         response = getattr(client, method)(url, **kwargs)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return f"CRASH: {type(error).__name__}: {error}"
     if response.status_code == 200:
         return "ok"
@@ -94,8 +94,8 @@ def run_all(entries: list[BadInput], model: str, work: Path, detect: bool = True
 
     import cliplab
     from cliplab.checkpoints import CheckpointError
+    from cliplab.images import ImageLoadError
     from cliplab.index import Searcher, Store, index_paths
-    from cliplab.preprocess import ImageLoadError
     from cliplab.serve import ServeSettings, create_app
     from cliplab.zeroshot import ZeroShotClassifier
 
@@ -122,7 +122,7 @@ def run_all(entries: list[BadInput], model: str, work: Path, detect: bool = True
         report = index_paths(pipeline, store, [bad_folder], workers=1, batch_size=4, progress=False)
         failed = {Path(f["path"]).name: f["reason"] for f in report.failed}
         index_crash = None
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         failed, index_crash = {}, f"CRASH: {type(error).__name__}: {error}"
     with Store(store) as opened:
         kept = opened.item_by_key(str((good_folder / "good.png").resolve()))
@@ -141,8 +141,9 @@ def run_all(entries: list[BadInput], model: str, work: Path, detect: bool = True
     for row in images:
         path, name = row.entry.path, row.entry.name
         row.outcomes["embed"] = _call(lambda: pipeline.embed_images([path]), (ImageLoadError,), name)
-        row.outcomes["classify"] = _cli_outcome(["classify", path, "--labels", "a cat,a dog", "--model", model,
-                                                 "--json"], name)
+        row.outcomes["classify"] = _cli_outcome(
+            ["classify", path, "--labels", "a cat,a dog", "--model", model, "--json"], name
+        )
         if index_crash:
             row.outcomes["index"] = index_crash
         elif name in failed:
@@ -162,19 +163,25 @@ def run_all(entries: list[BadInput], model: str, work: Path, detect: bool = True
         if row.entry.expect == "error" and row.outcomes["embed"] == "ok":
             row.outcomes["embed"] = "allowed: embedded as the empty prompt, as the reference does"
         row.outcomes["search"] = _call(lambda: searcher.text(text, k=3), (ValueError,))
-        row.outcomes["classify labels"] = _call(lambda: ZeroShotClassifier.from_labels(pipeline, [text, "a dog"]),
-                                                (ValueError,))
-        row.outcomes["http"] = _http(client, "post", "/api/search",
-                                     content=json.dumps({"q": text, "k": 3}).encode("utf-8", "surrogatepass"),
-                                     headers={"content-type": "application/json"})
+        row.outcomes["classify labels"] = _call(
+            lambda: ZeroShotClassifier.from_labels(pipeline, [text, "a dog"]), (ValueError,)
+        )
+        row.outcomes["http"] = _http(
+            client,
+            "post",
+            "/api/search",
+            content=json.dumps({"q": text, "k": 3}).encode("utf-8", "surrogatepass"),
+            headers={"content-type": "application/json"},
+        )
 
     marker = Path(entries[-1].path).parent.parent / "CODE_WAS_RUN"
     for row in checkpoints:
         path, name = row.entry.path, row.entry.name
         row.outcomes["load"] = _call(lambda: cliplab.load(path), (CheckpointError,), name)
         row.outcomes["info"] = _cli_outcome(["info", path, "--json"], name)
-        row.outcomes["index"] = _cli_outcome(["index", str(good_folder), "--store", str(work / "ckpt-store"),
-                                              "--model", path, "--json"], name)
+        row.outcomes["index"] = _cli_outcome(
+            ["index", str(good_folder), "--store", str(work / "ckpt-store"), "--model", path, "--json"], name
+        )
         if marker.exists():
             row.outcomes["load"] = "CRASH: unpickling ran code (the marker file exists)"
     searcher.close()

@@ -38,14 +38,18 @@ def _rss_mb(pid: int) -> float:
 def _png(rng: random.Random) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (rng.randint(40, 400), rng.randint(40, 300)), tuple(rng.randint(0, 255) for _ in range(3))).save(
-        out, format="PNG")
+        out, format="PNG"
+    )
     return out.getvalue()
 
 
 def start_server(store: Path, model: str, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "cliplab", "serve", str(store), "--port", str(port),
-                                "--model", model, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cliplab", "serve", str(store), "--port", str(port), "--model", model, *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -60,8 +64,9 @@ def start_server(store: Path, model: str, extra: tuple[str, ...] = ()) -> tuple[
     raise RuntimeError("cliplab serve did not start within 120 s")
 
 
-def run_load(url: str, pid: int, clients: int = 8, seconds: float = 30.0, image_share: float = 0.3,
-             seed: int = 0) -> dict:
+def run_load(
+    url: str, pid: int, clients: int = 8, seconds: float = 30.0, image_share: float = 0.3, seed: int = 0
+) -> dict:
     """``clients`` threads send requests for ``seconds``; returns the figures."""
     stop = time.time() + seconds
     latencies: list[float] = []
@@ -75,8 +80,9 @@ def run_load(url: str, pid: int, clients: int = 8, seconds: float = 30.0, image_
                 start = time.perf_counter()
                 try:
                     if rng.random() < image_share:
-                        response = http.post("/api/search/image", files={"file": ("q.png", _png(rng))},
-                                             data={"k": "10"})
+                        response = http.post(
+                            "/api/search/image", files={"file": ("q.png", _png(rng))}, data={"k": "10"}
+                        )
                     else:
                         query = " ".join(rng.sample(WORDS, 3))
                         response = http.get("/api/search", params={"q": query, "k": 10})
@@ -101,9 +107,17 @@ def run_load(url: str, pid: int, clients: int = 8, seconds: float = 30.0, image_
     wall = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     third = max(1, len(memory) // 3)
-    return {"clients": clients, "seconds": round(wall, 1), "requests": len(latencies),
-            "requests_per_s": round(len(latencies) / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1), "errors": len(errors), "error_examples": errors[:3],
-            "rss_mb_start": round(memory[0], 1), "rss_mb_end": round(memory[-1], 1),
-            "rss_mb_max": round(max(memory), 1),
-            "rss_growth_last_two_thirds_mb": round(memory[-1] - memory[third], 1)}
+    return {
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": len(latencies),
+        "requests_per_s": round(len(latencies) / wall, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "rss_mb_start": round(memory[0], 1),
+        "rss_mb_end": round(memory[-1], 1),
+        "rss_mb_max": round(max(memory), 1),
+        "rss_growth_last_two_thirds_mb": round(memory[-1] - memory[third], 1),
+    }

@@ -41,15 +41,26 @@ def run(work: Path, kills: int, load_seconds: float, clients: int) -> dict:
     entries = bad_inputs.build(work / "bad-inputs")
     rows = entry_points.run_all(entries, model, work / "entry-points")
     summary = json.loads((work / "entry-points" / "bad_inputs_summary.json").read_text())
-    report["inputs"] = [{"name": r.entry.name, "kind": r.entry.kind, "what": r.entry.what, "expect": r.entry.expect,
-                         "passed": r.passed, "outcomes": r.outcomes} for r in rows]
+    report["inputs"] = [
+        {
+            "name": r.entry.name,
+            "kind": r.entry.kind,
+            "what": r.entry.what,
+            "expect": r.entry.expect,
+            "passed": r.passed,
+            "outcomes": r.outcomes,
+        }
+        for r in rows
+    ]
     report["inputs_summary"] = summary
     print(f"bad inputs done in {time.perf_counter() - started:.0f} s", flush=True)
     report["faults"] = []
-    for name, function in (("index", lambda: faults.kill_indexing(model, work / "kill-index", kills=kills)),
-                           ("train", lambda: faults.kill_training(work / "kill-train", kills=kills)),
-                           ("disk", lambda: faults.full_disk(model, work / "disk")),
-                           ("writers", lambda: faults.two_writers(model, work / "writers"))):
+    for name, function in (
+        ("index", lambda: faults.kill_indexing(model, work / "kill-index", kills=kills)),
+        ("train", lambda: faults.kill_training(work / "kill-train", kills=kills)),
+        ("disk", lambda: faults.full_disk(model, work / "disk")),
+        ("writers", lambda: faults.two_writers(model, work / "writers")),
+    ):
         (work / f"kill-{name}").mkdir(exist_ok=True)
         report["faults"].append(function())
         print(f"fault {name} done at {time.perf_counter() - started:.0f} s", flush=True)
@@ -65,9 +76,23 @@ def run(work: Path, kills: int, load_seconds: float, clients: int) -> dict:
         report["load"] = load.run_load(url, server.pid, clients=clients, seconds=load_seconds)
         # Again while an indexer adds 1,000 images to the served store.
         write_images(work / "added", 1000, size=(96, 72), seed=12)
-        indexer = subprocess.Popen([sys.executable, "-m", "cliplab", "index", str(work / "added"), "--store",
-                                    str(work / "served-store"), "--model", model, "--batch-size", "16"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        indexer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cliplab",
+                "index",
+                str(work / "added"),
+                "--store",
+                str(work / "served-store"),
+                "--model",
+                model,
+                "--batch-size",
+                "16",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         report["load_during_index"] = load.run_load(url, server.pid, clients=clients, seconds=load_seconds)
         report["load_during_index"]["indexer_exit"] = indexer.wait(timeout=900)
         report["load_during_index"]["images_after"] = httpx.get(url + "/api/health").json()["images"]
@@ -84,27 +109,36 @@ def print_table(report: dict) -> None:
     print(f"{'input':<24} {'kind':<10} {'expect':<6} {'result':<6} outcomes")
     for row in rows:
         outcomes = "; ".join(f"{k}: {v.split(':')[0]}" for k, v in row["outcomes"].items())
-        print(f"{row['name']:<24} {row['kind']:<10} {row['expect']:<6} {'pass' if row['passed'] else 'FAIL':<6} "
-              f"{outcomes}")
+        print(
+            f"{row['name']:<24} {row['kind']:<10} {row['expect']:<6} {'pass' if row['passed'] else 'FAIL':<6} "
+            f"{outcomes}"
+        )
     passed = sum(r["passed"] for r in rows)
     s = report["inputs_summary"]
-    print(f"{passed}/{len(rows)} inputs handled as required; pickled code ran: {'YES' if s['code_ran'] else 'no'}; "
-          f"stored item kept through the bad batch: {'yes' if s['nothing_lost'] else 'NO'}")
+    print(
+        f"{passed}/{len(rows)} inputs handled as required; pickled code ran: {'YES' if s['code_ran'] else 'no'}; "
+        f"stored item kept through the bad batch: {'yes' if s['nothing_lost'] else 'NO'}"
+    )
     print("\nFAULTS")
     for fault in report["faults"]:
-        details = {k: v for k, v in fault.items() if k not in ("fault", "items_after_each_kill",
-                                                                "last_step_after_each_kill")}
+        details = {
+            k: v for k, v in fault.items() if k not in ("fault", "items_after_each_kill", "last_step_after_each_kill")
+        }
         print(f"{fault['fault']:<32} " + ", ".join(f"{k}={v}" for k, v in details.items()))
     lo = report["load"]
     print("\nLOAD (loopback, mixed text and image searches)")
-    print(f"{lo['clients']} clients for {lo['seconds']} s: {lo['requests']} requests, {lo['requests_per_s']}/s, "
-          f"p50 {lo['p50_ms']} ms, p99 {lo['p99_ms']} ms, errors {lo['errors']}, server RSS {lo['rss_mb_start']} -> "
-          f"{lo['rss_mb_end']} MB (max {lo['rss_mb_max']}, growth over the last two thirds "
-          f"{lo['rss_growth_last_two_thirds_mb']} MB)")
+    print(
+        f"{lo['clients']} clients for {lo['seconds']} s: {lo['requests']} requests, {lo['requests_per_s']}/s, "
+        f"p50 {lo['p50_ms']} ms, p99 {lo['p99_ms']} ms, errors {lo['errors']}, server RSS {lo['rss_mb_start']} -> "
+        f"{lo['rss_mb_end']} MB (max {lo['rss_mb_max']}, growth over the last two thirds "
+        f"{lo['rss_growth_last_two_thirds_mb']} MB)"
+    )
     li = report["load_during_index"]
-    print(f"the same while `cliplab index` added 1,000 images (exit {li['indexer_exit']}, store then held "
-          f"{li['images_after']}): {li['requests']} requests, {li['requests_per_s']}/s, p50 {li['p50_ms']} ms, "
-          f"p99 {li['p99_ms']} ms, errors {li['errors']}")
+    print(
+        f"the same while `cliplab index` added 1,000 images (exit {li['indexer_exit']}, store then held "
+        f"{li['images_after']}): {li['requests']} requests, {li['requests_per_s']}/s, p50 {li['p50_ms']} ms, "
+        f"p99 {li['p99_ms']} ms, errors {li['errors']}"
+    )
     lost = sum(f.get("lost", 0) for f in report["faults"]) + (0 if s["nothing_lost"] else 1)
     print(f"\nITEMS LOST: {lost}")
 

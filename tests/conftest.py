@@ -63,5 +63,9 @@ def small_config(request) -> CLIPConfig:
 
 @pytest.fixture(autouse=True)
 def isolated_cliplab_home(tmp_path_factory, monkeypatch):
-    """Keep tests away from the user's ~/.cache/cliplab."""
+    """Keep tests away from the user's ~/.cache/cliplab, but let them read the sample corpus's installed
+    art (installed once by `make test`, not by each test)."""
+    from cliplab.paths import sources_dir
+
+    monkeypatch.setenv("CLIPLAB_SOURCES", str(sources_dir()))
     monkeypatch.setenv("CLIPLAB_HOME", str(tmp_path_factory.mktemp("cliplab_home")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import random_model
 from PIL import Image
 
 import cliplab
@@ -12,7 +13,6 @@ from cliplab.checkpoints import write_checkpoint
 from cliplab.model import get_preset
 from cliplab.templates import IMAGENET_TEMPLATES, IMAGENET_TEMPLATES_7, get_templates
 from cliplab.zeroshot import ZeroShotClassifier
-from conftest import random_model
 
 
 @pytest.fixture
@@ -87,7 +87,9 @@ def test_classifier_save_and_load_round_trip(clip, images, tmp_path):
     restored = ZeroShotClassifier.load(tmp_path / "classes.safetensors")
     assert restored.class_names == classifier.class_names and restored.logit_scale == classifier.logit_scale
     np.testing.assert_array_equal(restored.weights, classifier.weights)
-    assert [p.label for p in restored.classify(clip, images)[0]] == [p.label for p in classifier.classify(clip, images)[0]]
+    assert [p.label for p in restored.classify(clip, images)[0]] == [
+        p.label for p in classifier.classify(clip, images)[0]
+    ]
 
 
 def test_empty_class_name_is_refused(clip):
@@ -103,8 +105,14 @@ def test_pipeline_save_keeps_preprocessing(clip, tmp_path):
 
 def test_embed_texts_grouped_by_length_keeps_input_order(clip):
     """Length grouping changes only which texts share a batch, never a result or its position."""
-    texts = ["a cat", "a very long description of a small grey cat sitting on a red sofa in the sun", "dog",
-             "", "two dogs running across a frosty field", "x " * 60]
+    texts = [
+        "a cat",
+        "a very long description of a small grey cat sitting on a red sofa in the sun",
+        "dog",
+        "",
+        "two dogs running across a frosty field",
+        "x " * 60,
+    ]
     grouped = clip.embed_texts(texts, batch_size=2)
     one_by_one = np.concatenate([clip.embed_texts([t]) for t in texts])
     np.testing.assert_allclose(grouped, one_by_one, atol=1e-5)

@@ -164,8 +164,13 @@ def test_written_config_and_preprocessor_load_in_transformers(nano_folder, tmp_p
     assert processor.size["shortest_edge"] == 64
 
     # Custom preprocessing settings survive a round trip.
-    pre = {"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear",
-           "resize_mode": "squash"}
+    pre = {
+        "image_size": 64,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "interpolation": "bilinear",
+        "resize_mode": "squash",
+    }
     out = tmp_path / "custom"
     write_huggingface(model.state_dict(), model.config, out, preprocess=pre)
     raw_pre = json.loads((out / "preprocessor_config.json").read_text())
@@ -180,10 +185,25 @@ def test_written_config_and_preprocessor_load_in_transformers(nano_folder, tmp_p
 
 def random_hf_model(hidden_act: str = "quick_gelu", seed: int = 4, **text_overrides):
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=64, intermediate_size=192, num_attention_heads=4,
-                         num_hidden_layers=2, max_position_embeddings=24, hidden_act=hidden_act, **text_overrides),
-        vision_config=dict(hidden_size=48, intermediate_size=160, num_attention_heads=3, num_hidden_layers=2,
-                           image_size=40, patch_size=8, hidden_act=hidden_act),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=64,
+            intermediate_size=192,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=24,
+            hidden_act=hidden_act,
+            **text_overrides,
+        ),
+        vision_config=dict(
+            hidden_size=48,
+            intermediate_size=160,
+            num_attention_heads=3,
+            num_hidden_layers=2,
+            image_size=40,
+            patch_size=8,
+            hidden_act=hidden_act,
+        ),
         projection_dim=40,
     )
     torch.manual_seed(seed)
@@ -254,13 +274,20 @@ def test_read_sharded_half_precision_and_preprocessor(tmp_path):
     assert not (tmp_path / "model.safetensors").exists()
     assert is_huggingface_folder(tmp_path)
     transformers.CLIPImageProcessor(
-        size={"shortest_edge": 40}, crop_size={"height": 40, "width": 40}, image_mean=[0.5, 0.5, 0.5],
+        size={"shortest_edge": 40},
+        crop_size={"height": 40, "width": 40},
+        image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     ).save_pretrained(tmp_path)
     _, _, _ = assert_cliplab_matches_hf(tmp_path, hf)
     ckpt = read_huggingface(tmp_path)
-    assert ckpt.preprocess == {"image_size": 40, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
-                               "resize_mode": "shortest"}
+    assert ckpt.preprocess == {
+        "image_size": 40,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
 
     # Half-precision weights are converted to float32 and the conversion is noted.
     half = tmp_path / "half"

@@ -10,13 +10,13 @@ import zipfile
 
 import pytest
 import torch
+from conftest import random_model, random_pixels, random_tokens
 from safetensors.torch import save_file
 
 import cliplab
 from cliplab.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
 from cliplab.checkpoints.torchfiles import is_torchscript_archive
 from cliplab.model import CLIP, get_preset
-from conftest import random_model, random_pixels, random_tokens
 
 
 def features(model, size):
@@ -180,16 +180,23 @@ def test_unsupported_open_clip_option_is_named(tmp_path):
 
 
 def test_preprocess_size_mismatch_is_reported(tmp_path):
-    write_checkpoint(random_model(get_preset("ViT-nano")), tmp_path / "c", "cliplab",
-                     preprocess={"image_size": 96, "mean": [0.5] * 3, "std": [0.5] * 3})
+    write_checkpoint(
+        random_model(get_preset("ViT-nano")),
+        tmp_path / "c",
+        "cliplab",
+        preprocess={"image_size": 96, "mean": [0.5] * 3, "std": [0.5] * 3},
+    )
     with pytest.raises(CheckpointError, match="96 px but the model takes 64 px"):
         cliplab.load(tmp_path / "c", device="cpu")
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"", "not a readable PyTorch file"),
-    (b"this is a text file, not a checkpoint", "not a readable PyTorch file"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "not a readable PyTorch file"),
+        (b"this is a text file, not a checkpoint", "not a readable PyTorch file"),
+    ],
+)
 def test_non_checkpoint_files_get_a_clear_error(content, match, tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(content)

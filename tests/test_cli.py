@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import random_model
 from PIL import Image
 
 from cliplab.checkpoints import write_checkpoint
 from cliplab.cli import main
 from cliplab.model import get_preset
-from conftest import random_model
 
 
 @pytest.fixture
@@ -34,8 +34,24 @@ def image_files(tmp_path):
 
 
 def test_classify_json(model_dir, image_files, capsys):
-    assert main(["classify", *image_files, "--labels", "a cat,a dog,a bus", "--model", model_dir, "--json",
-                 "--templates", "photo", "-k", "2"]) == 0
+    assert (
+        main(
+            [
+                "classify",
+                *image_files,
+                "--labels",
+                "a cat,a dog,a bus",
+                "--model",
+                model_dir,
+                "--json",
+                "--templates",
+                "photo",
+                "-k",
+                "2",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in result] == image_files
     for r in result:
@@ -45,8 +61,17 @@ def test_classify_json(model_dir, image_files, capsys):
 
 def test_classify_with_saved_classifier_gives_the_same_answer(model_dir, image_files, tmp_path, capsys):
     args = ["--model", model_dir, "--json"]
-    main(["classify", *image_files, "--labels", "a cat,a dog", "--save-classifier", str(tmp_path / "c.safetensors"),
-          *args])
+    main(
+        [
+            "classify",
+            *image_files,
+            "--labels",
+            "a cat,a dog",
+            "--save-classifier",
+            str(tmp_path / "c.safetensors"),
+            *args,
+        ]
+    )
     first = json.loads(capsys.readouterr().out)
     main(["classify", *image_files, "--classifier", str(tmp_path / "c.safetensors"), *args])
     assert json.loads(capsys.readouterr().out) == first
@@ -65,8 +90,25 @@ def test_embed_images_to_npy_and_texts_to_parquet(model_dir, image_files, tmp_pa
 
 def test_similarity_plot_and_json(model_dir, image_files, tmp_path, capsys):
     plot = tmp_path / "m.png"
-    assert main(["similarity", "--images", *image_files[:2], "--texts", "a cat", "a dog", "a bus",
-                 "--plot", str(plot), "--json", "--model", model_dir]) == 0
+    assert (
+        main(
+            [
+                "similarity",
+                "--images",
+                *image_files[:2],
+                "--texts",
+                "a cat",
+                "a dog",
+                "a bus",
+                "--plot",
+                str(plot),
+                "--json",
+                "--model",
+                model_dir,
+            ]
+        )
+        == 0
+    )
     matrix = np.array(json.loads(capsys.readouterr().out)["cosine"])
     assert matrix.shape == (2, 3) and np.all(np.abs(matrix) <= 1)
     assert Image.open(plot).size[0] > 200
@@ -76,14 +118,17 @@ def test_convert_and_info(model_dir, tmp_path, capsys):
     assert main(["convert", model_dir, str(tmp_path / "hf"), "--to", "huggingface"]) == 0
     assert main(["info", str(tmp_path / "hf"), "--json"]) == 0
     out = capsys.readouterr().out
-    info = json.loads(out[out.index("{"):])
+    info = json.loads(out[out.index("{") :])
     assert info["format"] == "huggingface" and info["config"]["embed_dim"] == 128
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["classify", "missing.jpg", "--labels", "a,b"], "no such image file: missing.jpg"),
-    (["info", "nowhere/model.pt"], "neither an existing file"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["classify", "missing.jpg", "--labels", "a,b"], "no such image file: missing.jpg"),
+        (["info", "nowhere/model.pt"], "neither an existing file"),
+    ],
+)
 def test_bad_input_exits_non_zero_with_a_message(argv, message, capsys):
     assert main(argv) == 1
     assert message in capsys.readouterr().err
@@ -102,8 +147,10 @@ def test_console_script_help_runs_as_a_process():
 
 
 def test_eval_and_plot_run_commands(model_dir, image_files, tmp_path, capsys):
-    items = [{"image": path, "concept": concept, "caption": f"a photo of a {concept}"}
-             for path, concept in zip(image_files, ["cat", "dog", "bus"])]
+    items = [
+        {"image": path, "concept": concept, "caption": f"a photo of a {concept}"}
+        for path, concept in zip(image_files, ["cat", "dog", "bus"])
+    ]
     data = tmp_path / "set.jsonl"
     data.write_text("".join(json.dumps(item) + "\n" for item in items))
     assert main(["eval", "--model", model_dir, "--zeroshot", str(data), "--retrieval", str(data), "--json"]) == 0

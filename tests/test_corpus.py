@@ -1,4 +1,4 @@
-"""The sample corpus (`cliplab.train.corpus`): a small real build (`limit`) from the installed art, plus
+"""The sample corpus (`cliplab.data.corpus`): a small real build (`limit`) from the installed art, plus
 unit checks of the caption and title helpers that need no sources."""
 
 from __future__ import annotations
@@ -7,18 +7,11 @@ import json
 import re
 import time
 
-
 import pytest
 from PIL import Image
 
-from cliplab.train import corpus
-from cliplab.train.corpus import (
-    COLLECTION_TITLES,
-    STAR_GRADIENT_PATTERN_PATHS,
-    STAR_GRADIENT_PATTERN_TITLES,
-    build_sample_corpus,
-    read_corpus_split,
-)
+from cliplab.data.corpus import build_sample_corpus, emoji, openclipart, read_corpus_split, sources
+from cliplab.data.corpus.openclipart import COLLECTION_TITLES, STAR_GRADIENT_PATTERN_PATHS, STAR_GRADIENT_PATTERN_TITLES
 
 LIMIT = 25
 IMAGE_SIZE = 64
@@ -35,8 +28,8 @@ EXPECTED_LICENCES = {
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     try:
-        corpus.ensure_sources(install=True)
-    except corpus.CorpusSourcesError as error:
+        sources.find_sources()
+    except sources.CorpusSourcesError as error:
         pytest.skip(f"corpus sources cannot be installed here: {error}")
     out = tmp_path_factory.mktemp("corpus")
     summary = build_sample_corpus(out, image_size=IMAGE_SIZE, progress=False, limit=LIMIT)
@@ -51,8 +44,15 @@ def pairs(built):
 
 def test_layout_and_counts(built, pairs):
     out, summary = built
-    for name in ("pairs.jsonl", "train.jsonl", "zeroshot_test.jsonl", "retrieval_test.jsonl", "concepts.json",
-                 "LICENSES.md", "summary.json"):
+    for name in (
+        "pairs.jsonl",
+        "train.jsonl",
+        "zeroshot_test.jsonl",
+        "retrieval_test.jsonl",
+        "concepts.json",
+        "LICENSES.md",
+        "summary.json",
+    ):
         assert (out / name).is_file(), name
     assert summary.items == len(pairs) > 0
     assert set(summary.counts) == set(EXPECTED_LICENCES)
@@ -76,10 +76,10 @@ def test_items_have_images_captions_source_and_licence(built, pairs):
             image.load()
             assert image.size == (IMAGE_SIZE, IMAGE_SIZE) and image.mode == "RGB"
             assert image.getextrema() != ((255, 255),) * 3, f"{item['id']} is blank"
-        assert item["caption"].strip() and len(item["caption"]) <= corpus.CAPTION_MAX_CHARS
+        assert item["caption"].strip() and len(item["caption"]) <= openclipart.CAPTION_MAX_CHARS
         assert item["concept"].strip() and item["concept"] == item["concept"].lower()
         assert item["licence"] == EXPECTED_LICENCES[item["source"]]
-        assert item["split"] in corpus.SPLITS
+        assert item["split"] in sources.SPLITS
         assert not re.search(r"https?://|www\.|\S+@\S+\.\S+", item["caption"])
 
 
@@ -114,7 +114,7 @@ def test_retrieval_holdout_is_disjoint_from_train(built, pairs):
     assert not {i["origin"] for i in held} & {i["origin"] for i in train}
     assert not {i["concept"] for i in held} & {i["concept"] for i in train if i["source"] == "openclipart"}
     # split files are pairs.jsonl filtered
-    for split in corpus.SPLITS:
+    for split in sources.SPLITS:
         assert read_corpus_split(out, split) == [item for item in pairs if item["split"] == split]
     with pytest.raises(ValueError):
         read_corpus_split(out, "validation")
@@ -146,51 +146,66 @@ def test_rerun_is_cached(built):
 
 
 def test_emoji_key_and_skin_tones():
-    assert corpus.emoji_key([0x37, 0xFE0F, 0x20E3]) == "0037-20e3"
-    assert corpus.key_to_text("1f600") == "\U0001F600"
-    assert corpus.is_skin_tone_variant("1f44b-1f3fd")
-    assert not corpus.is_skin_tone_variant("1f3fd") and not corpus.is_skin_tone_variant("1f600")
+    assert emoji.emoji_key([0x37, 0xFE0F, 0x20E3]) == "0037-20e3"
+    assert emoji.key_to_text("1f600") == "\U0001f600"
+    assert emoji.is_skin_tone_variant("1f44b-1f3fd")
+    assert not emoji.is_skin_tone_variant("1f3fd") and not emoji.is_skin_tone_variant("1f600")
 
 
 def test_emoji_caption_is_deterministic_and_names_the_emoji():
     keywords = ["face", "grin", "grinning face", "happy"]
-    captions = {corpus.emoji_caption("grinning face", keywords, f"twemoji-{i}") for i in range(40)}
+    captions = {emoji.emoji_caption("grinning face", keywords, f"twemoji-{i}") for i in range(40)}
     assert len(captions) > 3  # templates vary across items
     for i in range(40):
-        caption = corpus.emoji_caption("grinning face", keywords, f"twemoji-{i}")
-        assert caption == corpus.emoji_caption("grinning face", keywords, f"twemoji-{i}")
+        caption = emoji.emoji_caption("grinning face", keywords, f"twemoji-{i}")
+        assert caption == emoji.emoji_caption("grinning face", keywords, f"twemoji-{i}")
         assert "grinning face" in caption
     assert "an emoji of a grinning face" in captions or "a grinning face emoji" in captions
-    assert all("flag: Japan" in corpus.emoji_caption("flag: Japan", ["flag"], f"x{i}") for i in range(20))
-    plural = {corpus.emoji_caption("clockwise vertical arrows", ["reload", "✓"], f"y{i}") for i in range(20)}
+    assert all("flag: Japan" in emoji.emoji_caption("flag: Japan", ["flag"], f"x{i}") for i in range(20))
+    plural = {emoji.emoji_caption("clockwise vertical arrows", ["reload", "✓"], f"y{i}") for i in range(20)}
     assert not any(" a clockwise" in c or "✓" in c for c in plural)
 
 
 def test_openclipart_title_helpers():
-    assert corpus.title_from_filename("transportation/roadsigns/falling_rocks.svg") == "falling rocks"
-    assert corpus.title_from_filename("signs_and_symbols/map_symbols/aiga_first_aid1.svg") == "first aid"
-    assert corpus.playing_card_title("recreation/games/cards/ornamental/ornamental_s_q.svg") == "queen of spades playing card"
-    assert corpus.playing_card_title("recreation/games/cards/white/white_d_10.svg") == "10 of diamonds playing card"
-    assert corpus.playing_card_title("food/fruit/pear_01.svg") is None
-    assert corpus.clean_title("Tigre04") == "Tigre"
-    assert corpus.clean_title("PointingHand2") == "Pointing Hand"
-    assert corpus.clean_title("Blue Man#210") == "Blue Man"
-    assert corpus.clipart_caption("PC connectors", "HASH(0x8677e2c)", ["hash(0x866e640)", "computer"]) == (
+    assert openclipart.title_from_filename("transportation/roadsigns/falling_rocks.svg") == "falling rocks"
+    assert openclipart.title_from_filename("signs_and_symbols/map_symbols/aiga_first_aid1.svg") == "first aid"
+    assert (
+        openclipart.playing_card_title("recreation/games/cards/ornamental/ornamental_s_q.svg")
+        == "queen of spades playing card"
+    )
+    assert (
+        openclipart.playing_card_title("recreation/games/cards/white/white_d_10.svg") == "10 of diamonds playing card"
+    )
+    assert openclipart.playing_card_title("food/fruit/pear_01.svg") is None
+    assert openclipart.clean_title("Tigre04") == "Tigre"
+    assert openclipart.clean_title("PointingHand2") == "Pointing Hand"
+    assert openclipart.clean_title("Blue Man#210") == "Blue Man"
+    assert openclipart.clipart_caption("PC connectors", "HASH(0x8677e2c)", ["hash(0x866e640)", "computer"]) == (
         "PC connectors. computer"
     )
-    caption = corpus.clipart_caption(
-        "Pear", "see http://example.org/pear or mail me@example.org", ["hash", "fruit", "pear", "Jane Doe"],
+    caption = openclipart.clipart_caption(
+        "Pear",
+        "see http://example.org/pear or mail me@example.org",
+        ["hash", "fruit", "pear", "Jane Doe"],
         authors=["Jane Doe"],
     )
     assert caption == "Pear. see or mail. fruit"
-    long = corpus.clipart_caption("Tree", "word " * 100, [])
-    assert len(long) <= corpus.CAPTION_MAX_CHARS and long.startswith("Tree. word")
+    long = openclipart.clipart_caption("Tree", "word " * 100, [])
+    assert len(long) <= openclipart.CAPTION_MAX_CHARS and long.startswith("Tree. word")
 
 
 def test_iconify_svg_document():
-    iconset = corpus.IconSet(
-        source="x", prefix="x", licence="MIT", info={}, version="1", width=36, height=36, chars={"1f600": "a"},
-        icons={"a": {"body": "<path d='M0 0h1v1z'/>"}}, aliases={"b": {"parent": "a", "hFlip": True}},
+    iconset = emoji.IconSet(
+        source="x",
+        prefix="x",
+        licence="MIT",
+        info={},
+        version="1",
+        width=36,
+        height=36,
+        chars={"1f600": "a"},
+        icons={"a": {"body": "<path d='M0 0h1v1z'/>"}},
+        aliases={"b": {"parent": "a", "hFlip": True}},
     )
     assert iconset.svg("a") == (
         '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
@@ -199,7 +214,8 @@ def test_iconify_svg_document():
     assert 'transform="translate(36 0) scale(-1 1)"' in iconset.svg("b")
 
 
-def test_missing_sources_error_names_the_script(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "NOTO_FONT", tmp_path / "missing.ttf")
-    with pytest.raises(corpus.CorpusSourcesError, match="install_corpus_sources.sh"):
-        corpus.ensure_sources(tmp_path / "empty", install=False)
+def test_missing_sources_error_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "NOTO_FONT", tmp_path / "missing.ttf")
+    with pytest.raises(sources.CorpusSourcesError, match="cliplab data sources --install") as error:
+        sources.find_sources(tmp_path / "empty")
+    assert "missing.ttf" in str(error.value) and "@iconify-json/twemoji" in str(error.value)

@@ -18,9 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cliplab.preprocess import Preprocessor
-from cliplab.tokenizer import Tokenizer
-from cliplab.train.data import (
+from cliplab.data import (
     CAPTION_RULES,
     DataSpec,
     Pair,
@@ -34,6 +32,8 @@ from cliplab.train.data import (
     read_pairs,
     source_kind,
 )
+from cliplab.preprocess import Preprocessor
+from cliplab.tokenizer import Tokenizer
 
 IMAGE_SIZE = 8
 
@@ -110,8 +110,7 @@ def test_read_csv_tsv_jsonl_with_relative_and_absolute_paths(tmp_path):
     meta = tmp_path / "meta"
     meta.mkdir()
     (meta / "data.csv").write_text(
-        'filepath,title,other\n../imgs/0.png,"a cat, sitting ",x\n'
-        f"{images[1]},dog,y\n,no image,z\n../imgs/2.png,,w\n",
+        f'filepath,title,other\n../imgs/0.png,"a cat, sitting ",x\n{images[1]},dog,y\n,no image,z\n../imgs/2.png,,w\n',
         encoding="utf-8",
     )
     (meta / "data.tsv").write_text("Caption\tImage\nred car\t../imgs/0.png\nblue sky\t../imgs/1.png\n")
@@ -166,8 +165,14 @@ def test_filter_captions_counts_per_rule():
         "keep": ["a photo of a dog", "COVID-19 testing site", "2 dogs on a beach", "Windows 10 desktop", "x"],
         "empty": ["", "   ", "\n\t"],
         "numeric": ["12345", "978-3-16-148410-0", "0-306-40615-X", "ISBN 0306406152", "3.50"],
-        "filename": ["IMG_1234.JPG", "DSC0001", "photo.png", "12345678_abcdef", "PXL_20210101_123456789",
-                     "a1b2c3d4e5f6a7b8"],
+        "filename": [
+            "IMG_1234.JPG",
+            "DSC0001",
+            "photo.png",
+            "12345678_abcdef",
+            "PXL_20210101_123456789",
+            "a1b2c3d4e5f6a7b8",
+        ],
     }
     pairs = [Pair(Path(f"{i}.jpg"), c) for i, c in enumerate(c for group in captions.values() for c in group)]
     kept, counts = filter_captions(pairs)
@@ -231,11 +236,24 @@ def test_shard_stream_two_ranks_two_workers_cover_each_sample_once_per_epoch(tmp
     folder = _pack_sources(tmp_path, "s", sizes)
     epochs: list[list[tuple[int, int]]] = [[], []]
     for rank in range(2):
-        stream = ShardStream(f"{folder}/shard-{{000000..000006}}.tar", preprocess, id_tokenizer, rank=rank,
-                             world_size=2, seed=5, shuffle_buffer=4, batch_size=3, epochs=2)
+        stream = ShardStream(
+            f"{folder}/shard-{{000000..000006}}.tar",
+            preprocess,
+            id_tokenizer,
+            rank=rank,
+            world_size=2,
+            seed=5,
+            shuffle_buffer=4,
+            batch_size=3,
+            epochs=2,
+        )
         rank_ids = ids_of(DataLoader(stream, batch_size=3, num_workers=2))  # 2 ranks x 2 workers
-        rank_epoch0 = sum(1 for _ in ShardStream(folder, preprocess, id_tokenizer, rank=rank, world_size=2,
-                                                 seed=5, shuffle_buffer=4, epochs=1))
+        rank_epoch0 = sum(
+            1
+            for _ in ShardStream(
+                folder, preprocess, id_tokenizer, rank=rank, world_size=2, seed=5, shuffle_buffer=4, epochs=1
+            )
+        )
         epochs[0].extend(rank_ids[:rank_epoch0])
         epochs[1].extend(rank_ids[rank_epoch0:])
     everything = [(ord("s"), i) for i in range(sum(sizes))]
@@ -247,8 +265,9 @@ def test_shard_stream_two_ranks_two_workers_cover_each_sample_once_per_epoch(tmp
 def test_shard_stream_resampling_follows_weights(tmp_path, preprocess):
     a = _pack_sources(tmp_path, "a", [10] * 4)
     b = _pack_sources(tmp_path, "b", [10] * 4)
-    stream = ShardStream([(f"{a}/*.tar", 0.8), (str(b), 0.2)], preprocess, id_tokenizer, seed=1,
-                         shuffle_buffer=20, resample=True)
+    stream = ShardStream(
+        [(f"{a}/*.tar", 0.8), (str(b), 0.2)], preprocess, id_tokenizer, seed=1, shuffle_buffer=20, resample=True
+    )
     ids = [tuple(t.tolist()) for _, t in itertools.islice(iter(stream), 2000)]
     share_a = sum(1 for s, _ in ids if s == ord("a")) / len(ids)
     assert abs(share_a - 0.8) < 0.08, share_a
@@ -271,10 +290,14 @@ def _raw_tar(path: Path, members: list[tuple[str, bytes]], truncate: int | None 
 def test_tar_reader_handles_common_formats(tmp_path, fmt, monkeypatch):
     long_dir = "/".join(["deep" * 6] * 5)  # 124 characters: needs a ustar prefix or an extended header
     members = [
-        (f"{long_dir}/k1.jpg", b"jpeg bytes"), (f"{long_dir}/k1.txt", b"first"),
-        ("k2.png", b"x" * 1500), ("k2.txt", "caf\u00e9 au lait".encode()),
-        ("k3.webp", b""), ("k3.txt", b"empty image file"),
-        ("d\u00e9j\u00e0/k4.jpg", b"accented key"), ("d\u00e9j\u00e0/k4.txt", b"fourth"),
+        (f"{long_dir}/k1.jpg", b"jpeg bytes"),
+        (f"{long_dir}/k1.txt", b"first"),
+        ("k2.png", b"x" * 1500),
+        ("k2.txt", "caf\u00e9 au lait".encode()),
+        ("k3.webp", b""),
+        ("k3.txt", b"empty image file"),
+        ("d\u00e9j\u00e0/k4.jpg", b"accented key"),
+        ("d\u00e9j\u00e0/k4.txt", b"fourth"),
     ]
     path = tmp_path / "x.tar"
     with tarfile.open(path, "w", format=fmt) as tf:
@@ -289,14 +312,17 @@ def test_tar_reader_handles_common_formats(tmp_path, fmt, monkeypatch):
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
 
-    import cliplab.train.data.shards as data_module
+    import cliplab.data.shards as data_module
 
     fallback = []
     original = data_module._tarfile_members
     monkeypatch.setattr(data_module, "_tarfile_members", lambda *a: fallback.append(1) or original(*a))
     got = [(s.key, s.ext, s.image, s.caption) for s in iter_shard(path)]
-    expected = [(name.rsplit(".", 1)[0], name.rsplit(".", 1)[1], data, members[i + 1][1].decode())
-                for i, (name, data) in enumerate(members) if not name.endswith(".txt")]
+    expected = [
+        (name.rsplit(".", 1)[0], name.rsplit(".", 1)[1], data, members[i + 1][1].decode())
+        for i, (name, data) in enumerate(members)
+        if not name.endswith(".txt")
+    ]
     assert got == expected
     assert bool(fallback) == (fmt != tarfile.USTAR_FORMAT)  # plain ustar headers take the fast path
 
@@ -309,17 +335,30 @@ def test_corrupt_image_in_shard_is_skipped_and_counted(tmp_path, preprocess):
 
     folder = tmp_path / "shards"
     folder.mkdir()
-    _raw_tar(folder / "0.tar", [
-        ("k0.png", png(0)), ("k0.txt", b"c 0"), ("k0.json", b"{}"),
-        ("k1.png", b"this is not an image"), ("k1.txt", b"c 1"),
-        ("k2.png", png(2)), ("k2.txt", b"c 2"),
-        ("k3.png", png(3)),  # no caption
-        ("k4.webp", png(4)), ("k4.txt", b"c 4"),  # wrong extension for the bytes: decoded by content
-        ("k5.png", png(5)), ("k5.txt", b"   "),  # empty caption, filtered
-        ("k6.png", png(6)), ("k6.txt", b"c 6"),
-    ])
-    _raw_tar(folder / "1.tar", [("m0.png", png(10)), ("m0.txt", b"c 10"), ("m1.png", png(11)), ("m1.txt", b"c 11")],
-             truncate=1024 + 700)  # damaged: only m0 is complete
+    _raw_tar(
+        folder / "0.tar",
+        [
+            ("k0.png", png(0)),
+            ("k0.txt", b"c 0"),
+            ("k0.json", b"{}"),
+            ("k1.png", b"this is not an image"),
+            ("k1.txt", b"c 1"),
+            ("k2.png", png(2)),
+            ("k2.txt", b"c 2"),
+            ("k3.png", png(3)),  # no caption
+            ("k4.webp", png(4)),
+            ("k4.txt", b"c 4"),  # wrong extension for the bytes: decoded by content
+            ("k5.png", png(5)),
+            ("k5.txt", b"   "),  # empty caption, filtered
+            ("k6.png", png(6)),
+            ("k6.txt", b"c 6"),
+        ],
+    )
+    _raw_tar(
+        folder / "1.tar",
+        [("m0.png", png(10)), ("m0.txt", b"c 10"), ("m1.png", png(11)), ("m1.txt", b"c 11")],
+        truncate=1024 + 700,
+    )  # damaged: only m0 is complete
     stream = ShardStream(folder, preprocess, id_tokenizer, seed=0, shuffle_buffer=1, batch_size=1, epochs=1)
     ids = sorted(n for _, (_, n) in ((p, t.tolist()) for p, t in stream))
     assert sorted(set(ids)) == [0, 2, 4, 6, 10]
@@ -372,8 +411,10 @@ def test_csv_ranks_partition_each_epoch(tmp_path):
     table.write_text("".join(json.dumps({"image": str(p.image), "caption": p.caption}) + "\n" for p in pairs))
     spec = DataSpec([str(table)])
     pre = Preprocessor(image_size=IMAGE_SIZE)
-    per_rank = [ids_of(take(make_train_loader(spec, pre, id_tokenizer, 5, rank=r, world_size=2, workers=0), 2))
-                for r in range(2)]
+    per_rank = [
+        ids_of(take(make_train_loader(spec, pre, id_tokenizer, 5, rank=r, world_size=2, workers=0), 2))
+        for r in range(2)
+    ]
     epoch0 = per_rank[0][:5] + per_rank[1][:5]
     epoch1 = per_rank[0][5:] + per_rank[1][5:]
     assert sorted(epoch0) == sorted(epoch1) == [(ord("r"), i) for i in range(10)]
@@ -401,8 +442,9 @@ def test_resume_shards_matches_uninterrupted_run_across_epochs(tmp_path, tokeniz
 
     # batches do not depend on the number of workers, with or without a resume point
     assert_same_batches(take(make_train_loader(spec, pre, tokenizer, batch, seed=7, workers=2), total), full)
-    assert_same_batches(take(make_train_loader(spec, pre, tokenizer, batch, seed=7, workers=2, start_batch=5),
-                             total - 5), full[5:])
+    assert_same_batches(
+        take(make_train_loader(spec, pre, tokenizer, batch, seed=7, workers=2, start_batch=5), total - 5), full[5:]
+    )
 
 
 def test_map_resampling_follows_weights(tmp_path):

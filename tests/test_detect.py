@@ -151,8 +151,14 @@ def test_best_box_hit_rate_is_far_above_a_random_box():
         side = rng.randint(20, 45)
         x, y = rng.randint(0, 128 - side), rng.randint(0, 128 - side)
         truth = np.array([[x, y, x + side, y + side]])
-        result = detect(ColourPipeline(), canvas({"green": tuple(truth[0])}, (128, 128)), "green", threshold=0.0,
-                        scales=(0.15, 0.22, 0.3, 0.4), overlap=0.6)
+        result = detect(
+            ColourPipeline(),
+            canvas({"green": tuple(truth[0])}, (128, 128)),
+            "green",
+            threshold=0.0,
+            scales=(0.15, 0.22, 0.3, 0.4),
+            overlap=0.6,
+        )
         hits.append(box_iou(np.array(result.best("green").box), truth)[0, 0] >= 0.5)
         sides = nprng.integers(20, 46, 200)
         xs, ys = nprng.integers(0, 128 - sides + 1), nprng.integers(0, 128 - sides + 1)
@@ -180,8 +186,28 @@ def model_and_image(tmp_path):
 def test_cli_detect_json_and_overlay(model_and_image, tmp_path, capsys):
     model, image = model_and_image
     out = tmp_path / "overlay.png"
-    assert main(["detect", image, "a red ball", "a cat", "--model", model, "--threshold", "0", "--max-boxes", "2",
-                 "--out", str(out), "--json", "--scales", "0.5,0.8"]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                image,
+                "a red ball",
+                "a cat",
+                "--model",
+                model,
+                "--threshold",
+                "0",
+                "--max-boxes",
+                "2",
+                "--out",
+                str(out),
+                "--json",
+                "--scales",
+                "0.5,0.8",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert len(result["boxes"]) == 4 and {b["label"] for b in result["boxes"]} == {"a red ball", "a cat"}
     for b in result["boxes"]:
@@ -193,8 +219,10 @@ def test_cli_detect_json_and_overlay(model_and_image, tmp_path, capsys):
 def test_cli_explain_and_errors(model_and_image, tmp_path, capsys):
     model, image = model_and_image
     out = tmp_path / "relevance.png"
-    assert main(["explain", image, "a red ball", "--model", model, "--out", str(out), "--json",
-                 "--scales", "0.5,0.8"]) == 0
+    assert (
+        main(["explain", image, "a red ball", "--model", model, "--out", str(out), "--json", "--scales", "0.5,0.8"])
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert out.is_file() and 0 <= summary["peak"][0] < 120 and 0 <= summary["peak"][1] < 90
     assert main(["detect", str(tmp_path / "missing.png"), "a cat", "--model", model]) == 1

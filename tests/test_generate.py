@@ -33,7 +33,7 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def test_fourier_image_is_a_valid_picture_and_can_start_from_an_image():
     image = FourierImage(24, torch.Generator().manual_seed(0))().detach()
-    assert image.shape == (1, 3, 24, 24) and 0 <= float(image.min()) and float(image.max()) <= 1
+    assert image.shape == (1, 3, 24, 24) and float(image.min()) >= 0 and float(image.max()) <= 1
     assert float(image.std()) < 0.05  # a faint start, near mid-grey
     start = Image.fromarray(np.random.default_rng(0).integers(30, 225, (24, 24, 3), dtype=np.uint8))
     again = FourierImage(24, torch.Generator().manual_seed(0), init=start)()
@@ -47,7 +47,7 @@ def test_spherical_distance_and_cutouts():
     assert float(spherical_distance(a, torch.tensor([[0.0, 3.0]]))) == pytest.approx(2 * (torch.pi / 4) ** 2)
     image = torch.rand(1, 3, 40, 40)
     crops = cutouts(image, 5, 16, torch.Generator().manual_seed(0))
-    assert crops.shape == (5, 3, 16, 16) and 0 <= float(crops.min()) and float(crops.max()) <= 1
+    assert crops.shape == (5, 3, 16, 16) and float(crops.min()) >= 0 and float(crops.max()) <= 1
     assert torch.equal(crops, cutouts(image, 5, 16, torch.Generator().manual_seed(0)))
 
 
@@ -68,8 +68,28 @@ def test_same_seed_same_image_other_seed_other_image_and_similarity_rises(pipeli
 def test_cli_generate_writes_image_strip_and_curve(tmp_path, capsys):
     write_checkpoint(random_model(get_preset("ViT-nano")), tmp_path / "model", "cliplab")
     out = tmp_path / "apple.png"
-    assert main(["generate", "a red apple", "--steps", "3", "--seed", "1", "--size", "32", "--cutouts", "2",
-                 "--out", str(out), "--model", str(tmp_path / "model"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "a red apple",
+                "--steps",
+                "3",
+                "--seed",
+                "1",
+                "--size",
+                "32",
+                "--cutouts",
+                "2",
+                "--out",
+                str(out),
+                "--model",
+                str(tmp_path / "model"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["image"] == str(out) and summary["seed"] == 1
     assert Image.open(out).size == (32, 32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -11,15 +12,14 @@ import time
 
 import numpy as np
 import pytest
+from conftest import random_model
 from PIL import Image
 
 import cliplab
 from cliplab.checkpoints import write_checkpoint
 from cliplab.cli import main
-from cliplab.index import ModelMismatchError, Searcher, Store, StoreLockedError, index_paths
-from cliplab.index import ann
+from cliplab.index import ModelMismatchError, Searcher, Store, StoreLockedError, ann, index_paths
 from cliplab.model import get_preset
-from conftest import random_model
 
 FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
@@ -36,7 +36,7 @@ def write_images(folder, n, seed=0, size=(80, 64)):
         pixels = np.zeros((size[1], size[0], 3), np.uint8)
         pixels[:] = rng.integers(0, 255, 3)
         x, y = rng.integers(0, size[0] // 2), rng.integers(0, size[1] // 2)
-        pixels[y:y + size[1] // 2, x:x + size[0] // 2] = rng.integers(0, 255, 3)
+        pixels[y : y + size[1] // 2, x : x + size[0] // 2] = rng.integers(0, 255, 3)
         path = sub / f"img{i:03d}.{EXTENSIONS[fmt]}"
         Image.fromarray(pixels).save(path, format=fmt)
         paths.append(path)
@@ -69,13 +69,14 @@ def photos(tmp_path):
 @pytest.fixture
 def captions(tmp_path):
     path = tmp_path / "captions.csv"
-    path.write_text("id,text\nc1,a red square\nc2,\"a blue, round thing\"\nc3,two dogs in snow\n")
+    path.write_text('id,text\nc1,a red square\nc2,"a blue, round thing"\nc3,two dogs in snow\n')
     return path
 
 
 def test_index_embeds_every_image_and_records_unreadable_files(pipeline, photos, captions, tmp_path):
-    report = index_paths(pipeline, tmp_path / "store", [photos], captions=captions, batch_size=5, workers=1,
-                         progress=False)
+    report = index_paths(
+        pipeline, tmp_path / "store", [photos], captions=captions, batch_size=5, workers=1, progress=False
+    )
     assert (report.embedded, report.texts_embedded, report.total_images, report.total_texts) == (12, 3, 12, 3)
     assert sorted(os.path.basename(f["path"]) for f in report.failed) == ["broken.jpg", "empty.webp", "notes.png"]
     assert all(f["reason"] for f in report.failed)
@@ -103,8 +104,9 @@ def test_rerun_is_incremental(pipeline, photos, tmp_path):
     report = index_paths(pipeline, store_dir, [photos], workers=0, progress=False)
     assert (report.embedded, report.touched, report.deleted, report.total_images) == (3, 1, 1, 13)
     with Store(store_dir) as store:
-        np.testing.assert_allclose(store.vector(store.item_by_key(str(changed.resolve())).id),
-                                   pipeline.embed_images([changed])[0], atol=1e-6)
+        np.testing.assert_allclose(
+            store.vector(store.item_by_key(str(changed.resolve())).id), pipeline.embed_images([changed])[0], atol=1e-6
+        )
         assert store.item_by_key(str((photos / "part0" / "img003.gif").resolve())) is None
 
 
@@ -137,7 +139,7 @@ def test_search_in_every_direction(pipeline, photos, captions, tmp_path):
         by_image = searcher.image(query_image, k=4)
         assert by_image[0].item.path == str(query_image.resolve()) and by_image[0].score == pytest.approx(1, abs=1e-5)
         assert [h.rank for h in by_image] == [1, 2, 3, 4]
-        assert all(a.score >= b.score for a, b in zip(by_image, by_image[1:]))
+        assert all(a.score >= b.score for a, b in itertools.pairwise(by_image))
 
         by_text = searcher.text("two dogs in snow", k=12)
         query = pipeline.embed_texts(["two dogs in snow"])[0]
@@ -153,7 +155,8 @@ def test_search_in_every_direction(pipeline, photos, captions, tmp_path):
         np.testing.assert_allclose(
             [h.score for h in both],
             sorted(np.concatenate([images, texts]) @ pipeline.embed_texts(["a red square"])[0], reverse=True),
-            atol=1e-5)
+            atol=1e-5,
+        )
 
         neighbour_ids = [h.item.id for h in searcher.item(by_image[0].item.id, k=3)]
         assert by_image[0].item.id not in neighbour_ids
@@ -219,8 +222,24 @@ def test_store_switches_to_ivf_past_the_threshold_and_searches_agree(pipeline, p
 
 def test_cli_index_and_search(model_path, photos, captions, tmp_path, capsys):
     store = str(tmp_path / "store")
-    assert main(["index", str(photos), "--store", store, "--captions", str(captions), "--model", model_path,
-                 "--json", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                str(photos),
+                "--store",
+                store,
+                "--captions",
+                str(captions),
+                "--model",
+                model_path,
+                "--json",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["embedded"] == 12 and len(report["failed"]) == 3
 
@@ -246,8 +265,22 @@ def test_index_killed_with_sigkill_keeps_committed_batches_and_the_next_run_fini
     photos = tmp_path / "photos"
     write_images(photos, 300, size=(48, 48))
     store_dir = tmp_path / "store"
-    command = [sys.executable, "-m", "cliplab", "index", str(photos), "--store", str(store_dir), "--model",
-               model_path, "--batch-size", "4", "--workers", "0", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "cliplab",
+        "index",
+        str(photos),
+        "--store",
+        str(store_dir),
+        "--model",
+        model_path,
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--json",
+    ]
     committed = []
     for _ in range(3):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import random_model
+from test_index import write_images
 
 import cliplab
 from cliplab.checkpoints import write_checkpoint
 from cliplab.index import Store, index_paths
 from cliplab.model import get_preset
-from conftest import random_model
-from test_index import write_images
 
 ray = pytest.importorskip("ray")
 
@@ -27,8 +27,9 @@ def test_ray_indexing_gives_the_single_process_vectors(tmp_path):
 
     from cliplab.index.distributed import index_with_ray
 
-    report = index_with_ray(pipeline, tmp_path / "ray-store", [photos], address="local", batch_size=8,
-                            progress=False, actors=2)
+    report = index_with_ray(
+        pipeline, tmp_path / "ray-store", [photos], address="local", batch_size=8, progress=False, actors=2
+    )
     assert (report.embedded, report.total_images, len(report.failed)) == (40, 40, 1)
     assert not ray.is_initialized()  # the instance it started is shut down again
 
@@ -64,8 +65,13 @@ def two_node_cluster():
     address = "127.0.0.1:6391"
     try:
         for args in (["--head", "--port", address.split(":")[1], "--include-dashboard=false"], ["--address", address]):
-            subprocess.run([ray_cli, "start", *args, "--num-cpus", "1", "--disable-usage-stats"], env=env, check=True,
-                           capture_output=True, timeout=180)
+            subprocess.run(
+                [ray_cli, "start", *args, "--num-cpus", "1", "--disable-usage-stats"],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=180,
+            )
         yield address, env
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=180)
@@ -83,8 +89,22 @@ def test_cli_on_a_two_node_cluster_with_a_relative_store_path(tmp_path, two_node
     write_checkpoint(random_model(get_preset("ViT-nano"), seed=1), tmp_path / "model", "cliplab")
     write_images(tmp_path / "photos", 24)
     (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    command = [sys.executable, "-m", "cliplab", "index", "photos", "--store", "store", "--model", "model",
-               "--ray", address, "--batch-size", "4", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "cliplab",
+        "index",
+        "photos",
+        "--store",
+        "store",
+        "--model",
+        "model",
+        "--ray",
+        address,
+        "--batch-size",
+        "4",
+        "--json",
+    ]
     without_token = {name: value for name, value in env.items() if not name.startswith("RAY_AUTH")}
     refused = subprocess.run(command, cwd=tmp_path, env=without_token, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 1, refused.stderr[-3000:]

@@ -100,8 +100,22 @@ def test_precision_on_the_command_line(tmp_path):
     write_checkpoint(random_model(get_preset("ViT-nano")), tmp_path / "model", "cliplab")
     texts = ["a cat", "a dog"]
     for precision in ("fp32", "bf16", "auto"):
-        assert main(["embed", "--texts", *texts, "--out", str(tmp_path / f"{precision}.npy"),
-                     "--model", str(tmp_path / "model"), "--precision", precision]) == 0
+        assert (
+            main(
+                [
+                    "embed",
+                    "--texts",
+                    *texts,
+                    "--out",
+                    str(tmp_path / f"{precision}.npy"),
+                    "--model",
+                    str(tmp_path / "model"),
+                    "--precision",
+                    precision,
+                ]
+            )
+            == 0
+        )
     exact, fast = np.load(tmp_path / "fp32.npy"), np.load(tmp_path / "bf16.npy")
     assert (exact * fast).sum(axis=1).min() >= 0.999
     with pytest.raises(SystemExit):
@@ -130,15 +144,19 @@ def test_convert_to_onnx_on_the_command_line(tmp_path):
     pytest.importorskip("onnx")
     write_checkpoint(random_model(get_preset("ViT-nano")), tmp_path / "model", "cliplab")
     assert main(["convert", str(tmp_path / "model"), str(tmp_path / "onnx"), "--to", "onnx"]) == 0
-    assert {p.name for p in (tmp_path / "onnx").iterdir()} == {"image_encoder.onnx", "text_encoder.onnx",
-                                                               "cliplab_onnx.json"}
+    assert {p.name for p in (tmp_path / "onnx").iterdir()} == {
+        "image_encoder.onnx",
+        "text_encoder.onnx",
+        "cliplab_onnx.json",
+    }
 
 
 def test_batched_preprocessing_equals_per_image_and_draft_is_close(tmp_path):
     """The threaded, vectorised batch gives the per-image numbers exactly; draft JPEG decoding is opt-in and close."""
     from PIL import Image
 
-    from cliplab.preprocess import DRAFT_FACTOR, Preprocessor, load_image
+    from cliplab.images import load_image
+    from cliplab.preprocess import DRAFT_FACTOR, Preprocessor
 
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), np.ones((40, 40, 1), dtype=np.uint8))

@@ -4,17 +4,18 @@ import math
 
 import pytest
 import torch
+from conftest import random_model, random_pixels, random_tokens
 
 from cliplab.model import CLIP, get_preset, preset_names
-from conftest import random_model, random_pixels, random_tokens
 
 
 def test_vit_b32_has_the_published_parameter_count():
     assert sum(p.numel() for p in CLIP(get_preset("ViT-B-32")).parameters()) == 151_277_313
 
 
-@pytest.mark.parametrize("name,image_size", [("RN50x4", 288), ("RN50x16", 384), ("RN50x64", 448), ("ViT-L/14@336px", 336),
-                                              ("ViT-B/32", 224)])
+@pytest.mark.parametrize(
+    "name,image_size", [("RN50x4", 288), ("RN50x16", 384), ("RN50x64", 448), ("ViT-L/14@336px", 336), ("ViT-B/32", 224)]
+)
 def test_presets_carry_the_published_input_resolution(name, image_size):
     assert get_preset(name).vision.image_size == image_size
 
@@ -48,7 +49,7 @@ def test_text_feature_is_read_at_end_token_and_ignores_what_follows(small_config
     changed = ids.clone()
     for row in changed:
         eot = int(row.argmax())
-        row[eot + 1:] = torch.randint(1, 1000, (len(row) - eot - 1,))
+        row[eot + 1 :] = torch.randint(1, 1000, (len(row) - eot - 1,))
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(ids), model.encode_text(changed), rtol=0, atol=1e-6)
 

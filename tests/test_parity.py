@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import random_model, random_pixels, random_tokens
 
 import cliplab
 from cliplab.model import get_preset
-from conftest import random_model, random_pixels, random_tokens
 
 open_clip = pytest.importorskip("open_clip")
 TOLERANCE = 1e-5
@@ -37,7 +37,7 @@ def assert_same_features(ours, theirs, label):
 def test_export_to_open_clip_loads_in_open_clip_with_identical_features(small_config, tmp_path):
     model = random_model(small_config)
     cliplab.Pipeline(model, device="cpu").save(tmp_path / "oc", format="open_clip")
-    reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    reference, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
     reference.eval()
     pixels, ids = random_pixels(2, small_config.vision.image_size), random_tokens(3)
     assert_same_features(features(model, pixels, ids), features(reference, pixels, ids), "cliplab -> open_clip")
@@ -46,9 +46,12 @@ def test_export_to_open_clip_loads_in_open_clip_with_identical_features(small_co
 @pytest.mark.parametrize("quick_gelu", [True, False])
 def test_open_clip_state_dict_loads_in_cliplab_with_identical_features(quick_gelu, tmp_path):
     config = get_preset("ViT-nano")
-    oc_cfg = {"embed_dim": config.embed_dim, "quick_gelu": quick_gelu,
-              "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 8, "head_width": 64},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 4}}
+    oc_cfg = {
+        "embed_dim": config.embed_dim,
+        "quick_gelu": quick_gelu,
+        "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 8, "head_width": 64},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 4},
+    }
     torch.manual_seed(1)
     reference = open_clip.model.CLIP(**oc_cfg).eval()
     torch.save(reference.state_dict(), tmp_path / "open_clip.pt")

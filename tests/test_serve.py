@@ -10,16 +10,16 @@ import time
 
 import numpy as np
 import pytest
+from conftest import random_model
 from fastapi.testclient import TestClient
 from PIL import Image
+from test_index import write_images
 
 import cliplab
 from cliplab.checkpoints import write_checkpoint
 from cliplab.index import index_paths
 from cliplab.model import get_preset
 from cliplab.serve import ServeSettings, create_app
-from conftest import random_model
-from test_index import write_images
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,7 @@ def served(tmp_path_factory):
     pipeline = cliplab.load(root / "model", device="cpu")
     write_images(root / "photos", 12)
     (root / "captions.csv").write_text("id,text\nc1,a red square\nc2,a blue circle\nc3,two dogs in snow\n")
-    index_paths(pipeline, root / "store", [root / "photos"], captions=root / "captions.csv", workers=0,
-                progress=False)
+    index_paths(pipeline, root / "store", [root / "photos"], captions=root / "captions.csv", workers=0, progress=False)
     return pipeline, root
 
 
@@ -52,8 +51,14 @@ def test_health_and_openapi(client):
     health = client.get("/api/health").json()
     assert (health["status"], health["images"], health["texts"]) == ("ok", 12, 3)
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/api/search", "/api/search/image", "/api/search/item/{item_id}", "/api/classify",
-            "/api/embed/texts", "/api/embed/image"} <= set(paths)
+    assert {
+        "/api/search",
+        "/api/search/image",
+        "/api/search/item/{item_id}",
+        "/api/classify",
+        "/api/embed/texts",
+        "/api/embed/image",
+    } <= set(paths)
 
 
 def test_search_by_text_image_and_item_agree_with_the_library(client, served):
@@ -80,8 +85,9 @@ def test_search_by_text_image_and_item_agree_with_the_library(client, served):
 
 def test_classify_and_embed(client, served):
     pipeline, _ = served
-    result = client.post("/api/classify", files={"file": ("a.png", png_bytes())},
-                         data={"labels": "a red thing, a green thing, a cat"}).json()
+    result = client.post(
+        "/api/classify", files={"file": ("a.png", png_bytes())}, data={"labels": "a red thing, a green thing, a cat"}
+    ).json()
     assert sorted(r["label"] for r in result) == ["a cat", "a green thing", "a red thing"]
     assert sum(r["probability"] for r in result) == pytest.approx(1.0, abs=1e-4)
     vectors = client.post("/api/embed/texts", json={"texts": ["a", "b"]}).json()["embeddings"]
@@ -90,19 +96,22 @@ def test_classify_and_embed(client, served):
     np.testing.assert_allclose(vector, pipeline.embed_images([png_bytes()])[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("request_args, status, message", [
-    (("get", "/api/search", {"params": {"q": "x" * 101}}), 413, "limit is 100"),
-    (("get", "/api/search", {"params": {"q": "   "}}), 422, "empty"),
-    (("get", "/api/search", {"params": {"q": "a", "k": 0}}), 422, "k must be"),
-    (("get", "/api/search", {"params": {"q": "a", "target": "audio"}}), 422, "target must be"),
-    (("post", "/api/search/image", {"files": {"file": ("big.png", b"\0" * 200_001)}}), 413, "larger than"),
-    (("post", "/api/search/image", {"files": {"file": ("a.png", b"not an image")}}), 422, "not an image"),
-    (("post", "/api/search/image", {"files": {"file": ("e.png", b"")}}), 422, "empty"),
-    (("post", "/api/search/image", {"files": {"file": ("huge.png", png_bytes((1100, 1000)))}}), 413, "pixels"),
-    (("post", "/api/embed/texts", {"json": {"texts": ["a"] * 5}}), 413, "between 1 and 4"),
-    (("get", "/api/search/item/999999", {}), 404, "no item"),
-    (("get", "/api/thumbnail/999999", {}), 404, "no image"),
-])
+@pytest.mark.parametrize(
+    "request_args, status, message",
+    [
+        (("get", "/api/search", {"params": {"q": "x" * 101}}), 413, "limit is 100"),
+        (("get", "/api/search", {"params": {"q": "   "}}), 422, "empty"),
+        (("get", "/api/search", {"params": {"q": "a", "k": 0}}), 422, "k must be"),
+        (("get", "/api/search", {"params": {"q": "a", "target": "audio"}}), 422, "target must be"),
+        (("post", "/api/search/image", {"files": {"file": ("big.png", b"\0" * 200_001)}}), 413, "larger than"),
+        (("post", "/api/search/image", {"files": {"file": ("a.png", b"not an image")}}), 422, "not an image"),
+        (("post", "/api/search/image", {"files": {"file": ("e.png", b"")}}), 422, "empty"),
+        (("post", "/api/search/image", {"files": {"file": ("huge.png", png_bytes((1100, 1000)))}}), 413, "pixels"),
+        (("post", "/api/embed/texts", {"json": {"texts": ["a"] * 5}}), 413, "between 1 and 4"),
+        (("get", "/api/search/item/999999", {}), 404, "no item"),
+        (("get", "/api/thumbnail/999999", {}), 404, "no image"),
+    ],
+)
 def test_bad_requests_get_a_clear_status_and_message(client, request_args, status, message):
     method, url, kwargs = request_args
     response = getattr(client, method)(url, **kwargs)
@@ -110,8 +119,15 @@ def test_bad_requests_get_a_clear_status_and_message(client, request_args, statu
     assert message in str(response.json()["detail"])
 
 
-@pytest.mark.parametrize("path", ["/api/thumbnail/..%2F..%2Fetc%2Fpasswd", "/api/thumbnail/%2Fetc%2Fpasswd",
-                                  "/../../etc/passwd", "/static/../../../etc/passwd"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/thumbnail/..%2F..%2Fetc%2Fpasswd",
+        "/api/thumbnail/%2Fetc%2Fpasswd",
+        "/../../etc/passwd",
+        "/static/../../../etc/passwd",
+    ],
+)
 def test_files_outside_the_store_are_never_served(client, path):
     response = client.get(path)
     assert response.status_code in (404, 422) and b"root:" not in response.content
@@ -130,8 +146,7 @@ def test_token_is_required_when_set(served):
 
 def test_oversized_bodies_are_refused_before_they_are_read_and_bearer_is_case_insensitive(served):
     pipeline, root = served
-    client = TestClient(create_app(pipeline, str(root / "store"), ServeSettings(token="s3cret",
-                                                                                max_upload_bytes=1000)))
+    client = TestClient(create_app(pipeline, str(root / "store"), ServeSettings(token="s3cret", max_upload_bytes=1000)))
     headers = {"Authorization": "bearer s3cret", "Content-Length": str(10**9)}
     response = client.post("/api/search", content=b"{}", headers=headers)
     assert response.status_code == 413 and "larger than 1000 bytes" in response.json()["detail"]
@@ -174,8 +189,9 @@ def live_server(served):
 
     pipeline, root = served
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(pipeline, str(root / "store")), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(pipeline, str(root / "store")), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

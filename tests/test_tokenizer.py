@@ -134,7 +134,7 @@ _PUNCT = [
     "--- ~~~ ***",
     "@#$%^&*()_+",
     "\\ / | < > [ ] { }",
-    "!\"$",
+    '!"$',
     "“curly” ‘quotes’ — dash – en … ellipsis",
     "«guillemets» „low“",
     "ｆｕｌｌｗｉｄｔｈ　ＴＥＸＴ！",
@@ -176,9 +176,7 @@ _CONTROL = [
 
 _WHITESPACE_ONLY = ["", " ", "   ", "\t", "\n", "\t\n\r ", "\u3000", "\xa0\xa0", "\u2009\u2003"]
 
-_SPECIAL_FREE_FRAGMENTS = (
-    _LATIN + _SCRIPTS + _EMOJI + _HTML + _NUMBERS + _PUNCT + _MOJIBAKE + _CONTROL
-)
+_SPECIAL_FREE_FRAGMENTS = _LATIN + _SCRIPTS + _EMOJI + _HTML + _NUMBERS + _PUNCT + _MOJIBAKE + _CONTROL
 
 _SEPARATORS = [" ", "  ", "", "\t", "\n", " \n ", ", ", ". ", "\r\n", "\u3000"]
 
@@ -213,10 +211,7 @@ def build_corpus(seed: int = 1234, n_random: int = 2200) -> list[str]:
         elif kind < 0.14:
             s = rng.choice(["a", "é", "中", "😀", "!", "1", "ab"]) * rng.randint(50, 400)
         else:
-            parts = [
-                _random_case(rng, rng.choice(_SPECIAL_FREE_FRAGMENTS))
-                for _ in range(rng.randint(1, 6))
-            ]
+            parts = [_random_case(rng, rng.choice(_SPECIAL_FREE_FRAGMENTS)) for _ in range(rng.randint(1, 6))]
             s = ""
             for p in parts:
                 s += p + rng.choice(_SEPARATORS)
@@ -363,7 +358,7 @@ def test_plain_ascii_fast_path_is_exact():
             assert " ".join(full.split()) == " ".join(s.split()), repr(s)
             checked += 1
         else:
-            assert not s.isascii() or "&" in s or any(c < " " and c not in "\t\n\r" or c == "\x7f" for c in s)
+            assert not s.isascii() or "&" in s or any((c < " " and c not in "\t\n\r") or c == "\x7f" for c in s)
     assert checked > 500
 
 

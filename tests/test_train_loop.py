@@ -48,10 +48,26 @@ def make_shapes_dataset(folder: Path, copies: int = 3) -> Path:
 
 
 def write_config(tmp_path: Path, csv: Path, **train) -> Path:
-    settings = {"batch_size": 8, "steps": 8, "lr": 2e-3, "warmup_steps": 2, "precision": "fp32",
-                "checkpoint_every": 2, "log_every": 1, "seed": 3, **train}
-    lines = ["[model]", 'arch = "ViT-nano"', "image_size = 32", "[data]", f'train = [["{csv}", 1.0]]',
-             "workers = 1", "[train]"]
+    settings = {
+        "batch_size": 8,
+        "steps": 8,
+        "lr": 2e-3,
+        "warmup_steps": 2,
+        "precision": "fp32",
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "seed": 3,
+        **train,
+    }
+    lines = [
+        "[model]",
+        'arch = "ViT-nano"',
+        "image_size = 32",
+        "[data]",
+        f'train = [["{csv}", 1.0]]',
+        "workers = 1",
+        "[train]",
+    ]
     lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -59,8 +75,9 @@ def write_config(tmp_path: Path, csv: Path, **train) -> Path:
 
 
 def losses(run: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-            if "loss" in r]
+    return [
+        (r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +117,18 @@ def test_run_killed_with_sigkill_and_resumed_matches_the_uninterrupted_run(shape
 def test_short_run_learns_the_shapes(shapes_csv, tmp_path):
     """Training lowers the loss well below its start and lifts retrieval far above chance."""
     from cliplab.api import Pipeline
-    from cliplab.train.evaluate import retrieval_eval
+    from cliplab.evaluate import retrieval_eval
 
-    config = load_config(write_config(tmp_path, shapes_csv, steps=60, batch_size=16, checkpoint_every=60,
-                                      lr=3e-3, precision="bf16"))
+    config = load_config(
+        write_config(tmp_path, shapes_csv, steps=60, batch_size=16, checkpoint_every=60, lr=3e-3, precision="bf16")
+    )
     result = train(config, tmp_path / "run", progress=False)
     curve = losses(tmp_path / "run")
     assert curve[-1][1] < 0.75 * curve[0][1], curve
     pipeline = Pipeline(read_and_build(tmp_path / "run" / "model"), device="cpu")
-    items = [{"image": str(shapes_csv.parent / f"{c}_{s}_0.png"), "caption": f"a {c} {s}"}
-             for c in COLORS for s in SHAPES]
+    items = [
+        {"image": str(shapes_csv.parent / f"{c}_{s}_0.png"), "caption": f"a {c} {s}"} for c in COLORS for s in SHAPES
+    ]
     recall = retrieval_eval(pipeline, items)
     print(recall)
     assert recall["text_to_image_R@1"] >= 3 * recall["chance_R@1"], recall
@@ -122,13 +141,16 @@ def read_and_build(folder):
     return build_model(read_checkpoint(folder))
 
 
-@pytest.mark.parametrize("options", [
-    {"accum_freq": 2},
-    {"loss": "siglip"},
-    {"lock_image": True},
-    {"lock_text": True, "patch_dropout": 0.5, "grad_checkpointing": True},
-    {"local_loss": True, "precision": "bf16"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"accum_freq": 2},
+        {"loss": "siglip"},
+        {"lock_image": True},
+        {"lock_text": True, "patch_dropout": 0.5, "grad_checkpointing": True},
+        {"local_loss": True, "precision": "bf16"},
+    ],
+)
 def test_training_options_run_and_keep_locked_towers_fixed(options, shapes_csv, tmp_path):
     config = load_config(write_config(tmp_path, shapes_csv, steps=2, checkpoint_every=2, **options))
     torch.manual_seed(config.train.seed)
@@ -138,8 +160,9 @@ def test_training_options_run_and_keep_locked_towers_fixed(options, shapes_csv, 
     train(config, tmp_path / "run", progress=False)
     final = read_checkpoint(tmp_path / "run" / "model").state_dict
     visual_same = all(torch.equal(initial[k], final[k]) for k in initial if k.startswith("visual."))
-    text_same = all(torch.equal(initial[k], final[k]) for k in initial
-                    if not k.startswith("visual.") and k != "logit_scale")
+    text_same = all(
+        torch.equal(initial[k], final[k]) for k in initial if not k.startswith("visual.") and k != "logit_scale"
+    )
     assert visual_same == bool(options.get("lock_image"))
     assert text_same == bool(options.get("lock_text"))
 
@@ -148,24 +171,34 @@ def test_short_run_on_a_corpus_slice_lifts_held_out_retrieval_far_above_chance(t
     """Train briefly on a slice of the real sample corpus; retrieve the held-out OpenMoji drawings
     (a style never trained on) from their captions far better than chance."""
     from cliplab.api import Pipeline
-    from cliplab.train import corpus
-    from cliplab.train.evaluate import read_jsonl, retrieval_eval
+    from cliplab.data.corpus import CorpusSourcesError, build_sample_corpus, find_sources
+    from cliplab.evaluate import read_items, retrieval_eval
 
     try:
-        corpus.ensure_sources(install=True)
-    except corpus.CorpusSourcesError as error:
+        find_sources()
+    except CorpusSourcesError as error:
         pytest.skip(f"corpus sources cannot be installed here: {error}")
     folder = tmp_path_factory.mktemp("corpus_slice")
-    corpus.build_sample_corpus(folder, image_size=64, progress=False, limit=120)
-    config = load_config(None, [
-        f'data.train=[["{folder / "train.jsonl"}", 1.0]]', "data.workers=1", "model.arch=\"ViT-nano\"",
-        "train.batch_size=64", "train.steps=80", "train.lr=2e-3", "train.warmup_steps=10", "train.seed=0",
-        "train.checkpoint_every=80", "train.log_every=10",
-    ])
+    build_sample_corpus(folder, image_size=64, progress=False, limit=120)
+    config = load_config(
+        None,
+        [
+            f'data.train=[["{folder / "train.jsonl"}", 1.0]]',
+            "data.workers=1",
+            'model.arch="ViT-nano"',
+            "train.batch_size=64",
+            "train.steps=80",
+            "train.lr=2e-3",
+            "train.warmup_steps=10",
+            "train.seed=0",
+            "train.checkpoint_every=80",
+            "train.log_every=10",
+        ],
+    )
     run = tmp_path_factory.mktemp("run")
     train(config, run, progress=False)
     model = read_and_build(run / "model")
-    held_out = read_jsonl(folder / "zeroshot_test.jsonl")
+    held_out = read_items(folder / "zeroshot_test.jsonl")
     recall = retrieval_eval(Pipeline(model, device="cpu"), held_out)
     print({k: round(v, 3) for k, v in recall.items()})
     assert recall["text_to_image_R@10"] >= 3 * recall["chance_R@10"], recall
@@ -184,16 +217,22 @@ def test_fine_tuning_starts_from_the_given_checkpoint(shapes_csv, tmp_path):
 
     start = CLIP(config)
     write_checkpoint(start, tmp_path / "start", "open_clip")
-    cfg = load_config(write_config(tmp_path, shapes_csv, steps=2, lr=0.0, checkpoint_every=2),
-                      [f'model.init_from="{tmp_path / "start"}"'])
+    cfg = load_config(
+        write_config(tmp_path, shapes_csv, steps=2, lr=0.0, checkpoint_every=2),
+        [f'model.init_from="{tmp_path / "start"}"'],
+    )
     train(cfg, tmp_path / "run", progress=False)
     final = read_checkpoint(tmp_path / "run" / "model").state_dict
     assert all(torch.equal(final[k], v) for k, v in start.state_dict().items())
 
 
 def test_resume_with_a_different_data_order_is_refused(shapes_csv, tmp_path):
-    train(load_config(write_config(tmp_path, shapes_csv, steps=2, checkpoint_every=1)), tmp_path / "run",
-          progress=False, stop_after_steps=1)
+    train(
+        load_config(write_config(tmp_path, shapes_csv, steps=2, checkpoint_every=1)),
+        tmp_path / "run",
+        progress=False,
+        stop_after_steps=1,
+    )
     changed = load_config(write_config(tmp_path, shapes_csv, steps=2, checkpoint_every=1, batch_size=4))
     with pytest.raises(ValueError, match="train.batch_size: 8 -> 4"):
         train(changed, tmp_path / "run", resume=True, progress=False)
@@ -201,10 +240,25 @@ def test_resume_with_a_different_data_order_is_refused(shapes_csv, tmp_path):
 
 def test_torchrun_with_two_processes_trains_and_saves_once(shapes_csv, tmp_path):
     config = write_config(tmp_path, shapes_csv, steps=3, checkpoint_every=3, local_loss=True, accum_freq=2)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               "-m", "cliplab.cli", "train", str(config), "--out", str(tmp_path / "ddp"), "--json"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "cliplab.cli",
+        "train",
+        str(config),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--json",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [s for s, _ in losses(tmp_path / "ddp")] == [1, 2, 3]
     assert read_checkpoint(tmp_path / "ddp" / "model").config.embed_dim == 128

@@ -8,16 +8,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_pixels, random_tokens
 
 from cliplab.model import CLIP, CLIPConfig, TextConfig, VisionConfig
-from cliplab.train.step import ContrastiveHead, accumulated_backward
 from cliplab.train.loss import ClipLoss, SigLipLoss
-from conftest import random_pixels, random_tokens
+from cliplab.train.step import ContrastiveHead, accumulated_backward
 
 
 def tiny_config() -> CLIPConfig:
-    return CLIPConfig(embed_dim=32, vision=VisionConfig(image_size=32, layers=2, width=64, patch_size=8, heads=2),
-                      text=TextConfig(width=64, heads=2, layers=2), quick_gelu=False)
+    return CLIPConfig(
+        embed_dim=32,
+        vision=VisionConfig(image_size=32, layers=2, width=64, patch_size=8, heads=2),
+        text=TextConfig(width=64, heads=2, layers=2),
+        quick_gelu=False,
+    )
 
 
 def naive_clip_loss(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
@@ -112,7 +116,9 @@ def test_two_gloo_processes_match_one_process_on_the_whole_batch(local_loss, tmp
     assert set(result["grads"]) == set(grads)
     for name, grad in grads.items():
         # float32 sums in a different order: a few 1e-6 differences in the most-shared rows
-        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            result["grads"][name], grad, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("loss_name", ["clip", "siglip"])
@@ -125,7 +131,7 @@ def test_accumulated_micro_batches_give_the_big_batch_gradient(loss_name):
         torch.manual_seed(0)
         model = CLIP(tiny_config())
         loss_fn = ClipLoss() if loss_name == "clip" else SigLipLoss()
-        micro = [(pixels[i:i + micro_size], tokens[i:i + micro_size]) for i in range(0, 16, micro_size)]
+        micro = [(pixels[i : i + micro_size], tokens[i : i + micro_size]) for i in range(0, 16, micro_size)]
         loss = accumulated_backward(ContrastiveHead(model), loss_fn, micro, contextlib.nullcontext, ddp=False)
         grads = gradients(model)
         if loss_name == "siglip":
@@ -141,7 +147,7 @@ def test_ranking_metrics_count_ties_and_nan_as_misses():
     """A collapsed model (all scores equal) or a diverged one (NaN) must not look perfect."""
     import numpy as np
 
-    from cliplab.train.evaluate import _top_k_hits
+    from cliplab.evaluate import _top_k_hits
 
     targets = np.arange(4)
     assert _top_k_hits(np.zeros((4, 4)), targets, 1) == 0.0

@@ -3,17 +3,78 @@
 >>> import cliplab
 >>> clip = cliplab.load("path/or/name")           # a Pipeline
 >>> clip.embed_texts(["a photo of a cat"])          # L2-normalised float32 array
+
+The names below are imported on first use (PEP 562), so that ``import cliplab.cli`` and
+``cliplab --help`` do not pay for importing torch.
 """
 
-from .api import DEFAULT_MODEL, Pipeline, cliplab_home, default_device, load
-from .checkpoints import CheckpointError
-from .model import CLIP, CLIPConfig, get_preset, preset_names
-from .preprocess import ImageLoadError, Preprocessor, PreprocessConfig, load_image
-from .tokenizer import Tokenizer, tokenize
-from .zeroshot import ZeroShotClassifier
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["CLIP", "CLIPConfig", "CheckpointError", "DEFAULT_MODEL", "ImageLoadError", "Pipeline", "PreprocessConfig",
-           "Preprocessor", "Tokenizer", "ZeroShotClassifier", "cliplab_home", "default_device", "get_preset", "load",
-           "load_image", "preset_names", "tokenize"]
+from ._version import __version__
+
+_EXPORTS = {
+    "CLIP": "cliplab.model",
+    "CLIPConfig": "cliplab.model",
+    "get_preset": "cliplab.model",
+    "preset_names": "cliplab.model",
+    "CheckpointError": "cliplab.checkpoints",
+    "DEFAULT_MODEL": "cliplab.paths",
+    "Pipeline": "cliplab.api",
+    "default_device": "cliplab.api",
+    "load": "cliplab.api",
+    "ImageLoadError": "cliplab.images",
+    "load_image": "cliplab.images",
+    "cliplab_home": "cliplab.paths",
+    "PreprocessConfig": "cliplab.preprocess",
+    "Preprocessor": "cliplab.preprocess",
+    "Tokenizer": "cliplab.tokenizer",
+    "tokenize": "cliplab.tokenizer",
+    "ZeroShotClassifier": "cliplab.zeroshot",
+}
+
+__all__ = [
+    "CLIP",
+    "DEFAULT_MODEL",
+    "CLIPConfig",
+    "CheckpointError",
+    "ImageLoadError",
+    "Pipeline",
+    "PreprocessConfig",
+    "Preprocessor",
+    "Tokenizer",
+    "ZeroShotClassifier",
+    "__version__",
+    "cliplab_home",
+    "default_device",
+    "get_preset",
+    "load",
+    "load_image",
+    "preset_names",
+    "tokenize",
+]
+
+if TYPE_CHECKING:
+    from .api import Pipeline, default_device, load
+    from .checkpoints import CheckpointError
+    from .images import ImageLoadError, load_image
+    from .model import CLIP, CLIPConfig, get_preset, preset_names
+    from .paths import DEFAULT_MODEL, cliplab_home
+    from .preprocess import PreprocessConfig, Preprocessor
+    from .tokenizer import Tokenizer, tokenize
+    from .zeroshot import ZeroShotClassifier
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cliplab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

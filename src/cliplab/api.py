@@ -13,26 +13,43 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoints import CheckpointError, LoadedCheckpoint, build_model, read_checkpoint, resolve
+from .images import ImageInput
 from .inference import inference_model, precision_name, resolve_precision
 from .model import CLIP
-from .preprocess import ImageInput, Preprocessor, PreprocessConfig
+from .paths import DEFAULT_MODEL, models_dir
+from .preprocess import PreprocessConfig, Preprocessor
 from .tokenizer import Tokenizer, default_tokenizer
-
-DEFAULT_MODEL = "cliplab-mini"
-
-
-def cliplab_home() -> Path:
-    """Where cliplab keeps its own models and data: ``$CLIPLAB_HOME`` or ``~/.cache/cliplab``."""
-    return Path(os.environ.get("CLIPLAB_HOME", Path.home() / ".cache" / "cliplab")).expanduser()
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _named_model_path(name: str) -> Path | None:
-    path = cliplab_home() / "models" / name
-    return path if path.is_dir() else None
+def resolve_model_path(
+    name_or_path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """A local checkpoint path for a model: a path, a model in ``$CLIPLAB_HOME/models`` (default
+    ``cliplab-mini``), or a published name fetched through the hub cache."""
+    name = str(name_or_path or DEFAULT_MODEL)
+    named = models_dir() / name
+    if "/" not in name and named.is_dir():
+        return named
+    if name == DEFAULT_MODEL:
+        raise CheckpointError(
+            f"the default model {DEFAULT_MODEL!r} is not in {models_dir()} yet: create it with `cliplab setup "
+            "--install` (or `make demo` in a source checkout), or pass a checkpoint path or name"
+        )
+    return resolve(name, cache_dir)
+
+
+def model_name(name_or_path: str | os.PathLike | None) -> str:
+    """How a store or classifier records a model: a named model or hub name as given, a local path
+    made absolute (so that the record works from any folder)."""
+    name = str(name_or_path or DEFAULT_MODEL)
+    if "/" not in name and (models_dir() / name).is_dir():
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
 
 
 class Pipeline:
@@ -47,9 +64,16 @@ class Pipeline:
     ``inference_model``, a reduced-precision copy built on first use.
     """
 
-    def __init__(self, model: CLIP, preprocess: Preprocessor | None = None, tokenizer: Tokenizer | None = None,
-                 device: str | torch.device | None = None, name: str = "", checkpoint: LoadedCheckpoint | None = None,
-                 precision: str = "auto"):
+    def __init__(
+        self,
+        model: CLIP,
+        preprocess: Preprocessor | None = None,
+        tokenizer: Tokenizer | None = None,
+        device: str | torch.device | None = None,
+        name: str = "",
+        checkpoint: LoadedCheckpoint | None = None,
+        precision: str = "auto",
+    ):
         self.device = torch.device(device or default_device())
         self.model = model.to(self.device).eval()
         self.preprocess = preprocess or Preprocessor(image_size=model.image_size)
@@ -60,8 +84,10 @@ class Pipeline:
         self._inference_model: CLIP | None = None
 
     def __repr__(self) -> str:
-        return (f"Pipeline(name={self.name!r}, device={self.device}, precision={self.precision}, "
-                f"image_size={self.preprocess.image_size})")
+        return (
+            f"Pipeline(name={self.name!r}, device={self.device}, precision={self.precision}, "
+            f"image_size={self.preprocess.image_size})"
+        )
 
     @property
     def precision(self) -> str:
@@ -105,15 +131,15 @@ class Pipeline:
     def embed_images(self, images: Iterable[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """L2-normalised embeddings ``[N, embed_dim]`` of image paths, bytes or PIL images.
 
-        Raises :class:`cliplab.preprocess.ImageLoadError` naming the first file that cannot be read.
+        Raises :class:`cliplab.images.ImageLoadError` naming the first file that cannot be read.
         """
         images = list(images)
         out = np.empty((len(images), self.embed_dim), dtype=np.float32)
         bar = tqdm(total=len(images), unit="img", disable=not progress, desc="embedding images")
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             features = self.encode_image(self.preprocess.batch(chunk, pin_memory=self.device.type == "cuda"))
-            out[start:start + len(chunk)] = F.normalize(features.float(), dim=-1).cpu().numpy()
+            out[start : start + len(chunk)] = F.normalize(features.float(), dim=-1).cpu().numpy()
             bar.update(len(chunk))
         bar.close()
         return out
@@ -132,7 +158,7 @@ class Pipeline:
         order = torch.argsort(ids.argmax(dim=-1), stable=True)  # by end-token position
         bar = tqdm(total=len(texts), unit="text", disable=not progress, desc="embedding texts")
         for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             features = self.encode_text(ids[rows])
             out[rows.numpy()] = F.normalize(features.float(), dim=-1).cpu().numpy()
             bar.update(len(rows))
@@ -157,9 +183,13 @@ class Pipeline:
         return write_checkpoint(self.model, dest, format, self.preprocess.config.to_dict(), metadata)
 
 
-def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-         quick_gelu: bool | None = None, cache_dir: str | os.PathLike | None = None,
-         precision: str = "auto") -> Pipeline:
+def load(
+    name_or_path: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    quick_gelu: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    precision: str = "auto",
+) -> Pipeline:
     """Load a CLIP checkpoint from a path or a published name into a :class:`Pipeline`.
 
     ``name_or_path``: a file or folder in any format cliplab reads, a model in ``$CLIPLAB_HOME/models``
@@ -167,15 +197,8 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     hub cache). ``quick_gelu`` sets the activation of bare state dicts that do not record it.
     ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``) is the dtype the encoders compute in.
     """
-    name = str(name_or_path or DEFAULT_MODEL)
-    path = _named_model_path(name)
-    if path is None:
-        if name == DEFAULT_MODEL:
-            raise CheckpointError(
-                f"the default model {DEFAULT_MODEL!r} is not in {cliplab_home() / 'models'} yet: run `make demo` "
-                "(or `cliplab demo`) once to create it, or pass a checkpoint path or name"
-            )
-        path = resolve(name, cache_dir)
+    path = resolve_model_path(name_or_path, cache_dir)
+    name = model_name(name_or_path)
     ckpt = read_checkpoint(path, quick_gelu=quick_gelu)
     try:
         model = build_model(ckpt)
@@ -187,5 +210,6 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
         raise CheckpointError(
             f"{path}: preprocessing resizes to {preprocess.image_size} px but the model takes {model.image_size} px"
         )
-    return Pipeline(model, preprocess, Tokenizer(context_length=model.context_length), device, name, ckpt,
-                    precision=precision)
+    return Pipeline(
+        model, preprocess, Tokenizer(context_length=model.context_length), device, name, ckpt, precision=precision
+    )

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .api import Pipeline
-from .preprocess import ImageInput, load_image, to_rgb
+from .images import ImageInput, load_image, to_rgb
 from .zeroshot import ZeroShotClassifier
 
 #: Prompt templates for queries (those the default model is evaluated with).
@@ -33,15 +33,86 @@ QUERY_TEMPLATES = ("{}", "an emoji of {}.", "a drawing of {}.", "a picture of {}
 BACKGROUND_PROMPTS = ("background", "an empty background", "a plain texture", "a blank image")
 #: Everyday objects a crop must also beat (the 80 COCO categories): the neutral vocabulary.
 CONTRAST_VOCABULARY = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 #: Window sides as fractions of the image's shorter side.
 WINDOW_SCALES = (0.2, 0.3, 0.4, 0.55, 0.75)
@@ -75,8 +146,9 @@ class DetectionResult:
         return next((d for d in self.boxes if d.label == label), None)
 
 
-def sliding_windows(width: int, height: int, scales: Sequence[float] = WINDOW_SCALES,
-                    overlap: float = 0.75, min_side: int = 8) -> np.ndarray:
+def sliding_windows(
+    width: int, height: int, scales: Sequence[float] = WINDOW_SCALES, overlap: float = 0.75, min_side: int = 8
+) -> np.ndarray:
     """Square windows ``[n, 4]`` (x0, y0, x1, y1) covering the image at each scale (a fraction of
     the shorter side), consecutive windows overlapping by ``overlap`` of their side; the last row
     and column sit flush with the image's edges."""
@@ -141,24 +213,30 @@ def accumulate_heatmap(windows: np.ndarray, scores: np.ndarray, width: int, heig
     return (total / np.maximum(count, 1)).astype(np.float32)
 
 
-def embed_crops(pipeline: Pipeline, image: Image.Image, windows: np.ndarray, batch_size: int = 128,
-                progress: bool = False) -> np.ndarray:
+def embed_crops(
+    pipeline: Pipeline, image: Image.Image, windows: np.ndarray, batch_size: int = 128, progress: bool = False
+) -> np.ndarray:
     """L2-normalised embeddings ``[n_windows, embed_dim]`` of the image's crops, each preprocessed
     as the model expects (resized to its input size, normalised)."""
     out = np.empty((len(windows), pipeline.embed_dim), dtype=np.float32)
     with tqdm(total=len(windows), unit="crop", desc="embedding windows", disable=not progress) as bar:
         for start in range(0, len(windows), batch_size):
-            chunk = windows[start:start + batch_size]
+            chunk = windows[start : start + batch_size]
             pixels = pipeline.preprocess.batch([image.crop(tuple(int(v) for v in box)) for box in chunk])
             features = pipeline.encode_image(pixels).float()
-            out[start:start + len(chunk)] = torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
+            out[start : start + len(chunk)] = torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
             bar.update(len(chunk))
     return out
 
 
-def query_scores(pipeline: Pipeline, crop_embeddings: np.ndarray, queries: Sequence[str],
-                 templates: Sequence[str] = QUERY_TEMPLATES, background: Sequence[str] = BACKGROUND_PROMPTS,
-                 vocabulary: Sequence[str] = CONTRAST_VOCABULARY) -> np.ndarray:
+def query_scores(
+    pipeline: Pipeline,
+    crop_embeddings: np.ndarray,
+    queries: Sequence[str],
+    templates: Sequence[str] = QUERY_TEMPLATES,
+    background: Sequence[str] = BACKGROUND_PROMPTS,
+    vocabulary: Sequence[str] = CONTRAST_VOCABULARY,
+) -> np.ndarray:
     """``[n_crops, n_queries]``: for each query on its own, the softmax probability of the query
     (a prompt ensemble) against the background prompts and the vocabulary words (prompt ensembles;
     a word equal to the query is left out), at the model's logit scale. Queries do not compete."""
@@ -166,25 +244,39 @@ def query_scores(pipeline: Pipeline, crop_embeddings: np.ndarray, queries: Seque
         raise ValueError("give one or more background prompts to contrast the queries with")
     names = list(queries) + list(vocabulary)
     ensembles = ZeroShotClassifier.from_labels(pipeline, names, list(templates)).weights
-    contrast = np.concatenate([pipeline.embed_texts(list(background)), ensembles[len(queries):]])
+    contrast = np.concatenate([pipeline.embed_texts(list(background)), ensembles[len(queries) :]])
     scale = pipeline.logit_scale
-    query_logits = scale * crop_embeddings @ ensembles[:len(queries)].T  # [n, q]
+    query_logits = scale * crop_embeddings @ ensembles[: len(queries)].T  # [n, q]
     contrast_logits = scale * crop_embeddings @ contrast.T  # [n, background + vocabulary]
     scores = np.empty_like(query_logits)
     for j, query in enumerate(queries):
-        keep = [i for i in range(len(contrast)) if i < len(background)
-                or vocabulary[i - len(background)].lower() != query.lower()]
-        logits = np.concatenate([query_logits[:, j:j + 1], contrast_logits[:, keep]], axis=1)
+        keep = [
+            i
+            for i in range(len(contrast))
+            if i < len(background) or vocabulary[i - len(background)].lower() != query.lower()
+        ]
+        logits = np.concatenate([query_logits[:, j : j + 1], contrast_logits[:, keep]], axis=1)
         logits -= logits.max(axis=1, keepdims=True)
         scores[:, j] = np.exp(logits[:, 0]) / np.exp(logits).sum(axis=1)
     return scores.astype(np.float32)
 
 
-def detect(pipeline: Pipeline, image: ImageInput, queries: str | Sequence[str], *,
-           scales: Sequence[float] = WINDOW_SCALES, overlap: float = 0.75, threshold: float = 0.5,
-           iou_threshold: float = 0.3, max_boxes: int = 5, templates: Sequence[str] = QUERY_TEMPLATES,
-           background: Sequence[str] = BACKGROUND_PROMPTS, vocabulary: Sequence[str] = CONTRAST_VOCABULARY,
-           batch_size: int = 128, progress: bool = False) -> DetectionResult:
+def detect(
+    pipeline: Pipeline,
+    image: ImageInput,
+    queries: str | Sequence[str],
+    *,
+    scales: Sequence[float] = WINDOW_SCALES,
+    overlap: float = 0.75,
+    threshold: float = 0.5,
+    iou_threshold: float = 0.3,
+    max_boxes: int = 5,
+    templates: Sequence[str] = QUERY_TEMPLATES,
+    background: Sequence[str] = BACKGROUND_PROMPTS,
+    vocabulary: Sequence[str] = CONTRAST_VOCABULARY,
+    batch_size: int = 128,
+    progress: bool = False,
+) -> DetectionResult:
     """Find where each text query is in ``image``.
 
     Returns the boxes scoring at least ``threshold`` after non-maximum suppression (at most
@@ -197,8 +289,14 @@ def detect(pipeline: Pipeline, image: ImageInput, queries: str | Sequence[str], 
     picture = to_rgb(image if isinstance(image, Image.Image) else load_image(image))
     width, height = picture.size
     windows = sliding_windows(width, height, scales, overlap)
-    scores = query_scores(pipeline, embed_crops(pipeline, picture, windows, batch_size, progress), queries,
-                          templates, background, vocabulary)
+    scores = query_scores(
+        pipeline,
+        embed_crops(pipeline, picture, windows, batch_size, progress),
+        queries,
+        templates,
+        background,
+        vocabulary,
+    )
     boxes: list[Detection] = []
     heatmaps: dict[str, np.ndarray] = {}
     for j, query in enumerate(queries):
@@ -230,8 +328,9 @@ def heatmap_overlay(image: ImageInput, heatmap: np.ndarray, alpha: float = 0.55)
     return Image.blend(picture, Image.fromarray(colours).resize(picture.size), alpha)
 
 
-def draw_overlay(image: ImageInput, result: DetectionResult, path: str | os.PathLike | None = None,
-                 alpha: float = 0.55) -> Image.Image:
+def draw_overlay(
+    image: ImageInput, result: DetectionResult, path: str | os.PathLike | None = None, alpha: float = 0.55
+) -> Image.Image:
     """The image under its heatmap (the pixelwise maximum over queries) with the boxes and their
     labels and scores; saved to ``path`` when given."""
     heat = np.max(np.stack(list(result.heatmaps.values())), axis=0)
@@ -252,8 +351,9 @@ def draw_overlay(image: ImageInput, result: DetectionResult, path: str | os.Path
     return canvas
 
 
-def save_relevance(image: ImageInput, heatmap: np.ndarray, text: str, path: str | os.PathLike,
-                   side: int = 256) -> Image.Image:
+def save_relevance(
+    image: ImageInput, heatmap: np.ndarray, text: str, path: str | os.PathLike, side: int = 256
+) -> Image.Image:
     """The image beside its relevance map for ``text`` (captioned), scaled to ``side`` px high."""
     picture = to_rgb(image if isinstance(image, Image.Image) else load_image(image))
     overlay = heatmap_overlay(picture, heatmap)

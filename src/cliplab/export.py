@@ -70,18 +70,36 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike) -> Path:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter; torch.export cannot trace
         warnings.filterwarnings("ignore", message=".*aten::index.*")  # the data-dependent end-token slice yet
-        torch.onnx.export(_ImageEncoder(model), (pixels,), str(folder / "image_encoder.onnx"), dynamo=False,
-                          input_names=["pixels"], output_names=["image_features"], opset_version=OPSET,
-                          dynamic_axes={"pixels": batch, "image_features": batch})
-        torch.onnx.export(_TextEncoder(model), (token_ids,), str(folder / "text_encoder.onnx"), dynamo=False,
-                          input_names=["token_ids"], output_names=["text_features"], opset_version=OPSET,
-                          dynamic_axes={"token_ids": batch, "text_features": batch})
+        torch.onnx.export(
+            _ImageEncoder(model),
+            (pixels,),
+            str(folder / "image_encoder.onnx"),
+            dynamo=False,
+            input_names=["pixels"],
+            output_names=["image_features"],
+            opset_version=OPSET,
+            dynamic_axes={"pixels": batch, "image_features": batch},
+        )
+        torch.onnx.export(
+            _TextEncoder(model),
+            (token_ids,),
+            str(folder / "text_encoder.onnx"),
+            dynamo=False,
+            input_names=["token_ids"],
+            output_names=["text_features"],
+            opset_version=OPSET,
+            dynamic_axes={"token_ids": batch, "text_features": batch},
+        )
     settings = {
         "image_encoder": "image_encoder.onnx",
         "text_encoder": "text_encoder.onnx",
         "preprocess": pipeline.preprocess.config.to_dict(),
-        "tokenizer": {"context_length": context, "sot_id": pipeline.tokenizer.sot_token_id,
-                      "eot_id": pipeline.tokenizer.eot_token_id, "pad_id": 0},
+        "tokenizer": {
+            "context_length": context,
+            "sot_id": pipeline.tokenizer.sot_token_id,
+            "eot_id": pipeline.tokenizer.eot_token_id,
+            "pad_id": 0,
+        },
         "embed_dim": pipeline.embed_dim,
         "logit_scale": pipeline.logit_scale,
         "outputs": "projected, unnormalised features (L2-normalise before comparing)",

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .api import Pipeline
-from .preprocess import ImageInput, load_image, to_rgb
+from .images import ImageInput, load_image, to_rgb
 
 # Square root of the colour covariance of natural images (Lucid's ``color_correlation_svd_sqrt``),
 # its columns scaled to unit maximum norm: decorrelated channels -> RGB.
@@ -37,8 +37,14 @@ class FourierImage(torch.nn.Module):
     Fourier spectrum. ``init`` (an image) starts the optimisation from that picture instead of a
     faint random spectrum."""
 
-    def __init__(self, size: int, generator: torch.Generator, decay: float = 1.0, init: ImageInput | None = None,
-                 init_std: float = 0.01):
+    def __init__(
+        self,
+        size: int,
+        generator: torch.Generator,
+        decay: float = 1.0,
+        init: ImageInput | None = None,
+        init_std: float = 0.01,
+    ):
         super().__init__()
         fy = torch.fft.fftfreq(size)[:, None]
         fx = torch.fft.rfftfreq(size)[None, :]
@@ -74,8 +80,15 @@ def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
 
 
-def cutouts(image: torch.Tensor, n: int, out_size: int, generator: torch.Generator,
-            min_fraction: float = 0.5, jitter: float = 0.05, noise: float = 0.02) -> torch.Tensor:
+def cutouts(
+    image: torch.Tensor,
+    n: int,
+    out_size: int,
+    generator: torch.Generator,
+    min_fraction: float = 0.5,
+    jitter: float = 0.05,
+    noise: float = 0.02,
+) -> torch.Tensor:
     """``n`` random square crops of ``image`` ``[1, 3, H, W]`` (sides ``min_fraction``..1 of the
     shorter side), each resized to ``out_size``, randomly flipped, with per-crop brightness jitter
     and pixel noise, still in [0, 1]."""
@@ -86,8 +99,13 @@ def cutouts(image: torch.Tensor, n: int, out_size: int, generator: torch.Generat
         side = int(short * (min_fraction + (1 - min_fraction) * float(torch.rand((), generator=generator))))
         x = int(torch.randint(0, width - side + 1, (), generator=generator))
         y = int(torch.randint(0, height - side + 1, (), generator=generator))
-        crop = F.interpolate(image[:, :, y:y + side, x:x + side], size=(out_size, out_size), mode="bilinear",
-                             align_corners=False, antialias=side > out_size)
+        crop = F.interpolate(
+            image[:, :, y : y + side, x : x + side],
+            size=(out_size, out_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=side > out_size,
+        )
         if float(torch.rand((), generator=generator)) < 0.5:
             crop = crop.flip(-1)
         crops.append(crop)
@@ -113,8 +131,11 @@ class GenerationResult:
         """Write the image to ``path`` and, beside it, ``*_strip.png`` (the intermediate images) and
         ``*_curve.png`` (the similarity curve); returns the three paths."""
         path = Path(path)
-        paths = {"image": str(path), "strip": str(path.with_name(f"{path.stem}_strip.png")),
-                 "curve": str(path.with_name(f"{path.stem}_curve.png"))}
+        paths = {
+            "image": str(path),
+            "strip": str(path.with_name(f"{path.stem}_strip.png")),
+            "curve": str(path.with_name(f"{path.stem}_curve.png")),
+        }
         self.image.save(path)
         save_strip(self.snapshots, paths["strip"])
         plot_curve(self.similarities, self.prompt, paths["curve"])
@@ -128,9 +149,19 @@ def text_target(pipeline: Pipeline, prompt: str | Sequence[str]) -> torch.Tensor
     return F.normalize(mean, dim=-1).to(pipeline.device)
 
 
-def generate(pipeline: Pipeline, prompt: str | Sequence[str], *, steps: int = 200, seed: int = 0, size: int | None = None,
-             cutouts_per_step: int = 16, lr: float = 0.05, init: ImageInput | None = None,
-             snapshots: int = 8, progress: bool = False) -> GenerationResult:
+def generate(
+    pipeline: Pipeline,
+    prompt: str | Sequence[str],
+    *,
+    steps: int = 200,
+    seed: int = 0,
+    size: int | None = None,
+    cutouts_per_step: int = 16,
+    lr: float = 0.05,
+    init: ImageInput | None = None,
+    snapshots: int = 8,
+    progress: bool = False,
+) -> GenerationResult:
     """Optimise an image of ``size`` px (default: twice the model's input) towards ``prompt`` (or
     towards the mean embedding of several prompts, a prompt ensemble).
 
@@ -153,8 +184,9 @@ def generate(pipeline: Pipeline, prompt: str | Sequence[str], *, steps: int = 20
     for p in frozen:  # gradients flow to the image only
         p.requires_grad_(False)
     try:
-        similarities, kept = _optimise(model, image, target, steps, cutouts_per_step, lr, snapshots, generator,
-                                       (mean, std), progress)
+        similarities, kept = _optimise(
+            model, image, target, steps, cutouts_per_step, lr, snapshots, generator, (mean, std), progress
+        )
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -166,9 +198,18 @@ def generate(pipeline: Pipeline, prompt: str | Sequence[str], *, steps: int = 20
     return GenerationResult(final, " | ".join(prompts), seed, similarities, kept)
 
 
-def _optimise(model, image: FourierImage, target: torch.Tensor, steps: int, n_cutouts: int, lr: float,
-              snapshots: int, generator: torch.Generator, norm: tuple[torch.Tensor, torch.Tensor],
-              progress: bool) -> tuple[list[float], list[tuple[int, Image.Image]]]:
+def _optimise(
+    model,
+    image: FourierImage,
+    target: torch.Tensor,
+    steps: int,
+    n_cutouts: int,
+    lr: float,
+    snapshots: int,
+    generator: torch.Generator,
+    norm: tuple[torch.Tensor, torch.Tensor],
+    progress: bool,
+) -> tuple[list[float], list[tuple[int, Image.Image]]]:
     """The optimisation loop; returns the similarity of the whole image per step (plus the final
     one) and the snapshots."""
     mean, std = norm

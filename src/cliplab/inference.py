@@ -109,10 +109,17 @@ def inference_model(model: CLIP, dtype: torch.dtype, device: str | torch.device)
     if dtype == torch.float32:
         return model
     fused = device.type == "cpu" and _fused_linear_available()
-    norm_params = {f"{name}.{p}" for name, module in model.named_modules() if isinstance(module, _NORMS)
-                   for p, _ in module.named_parameters(recurse=False)}
-    state = {k: v.to(device, dtype) if v.is_floating_point() and k not in norm_params else v.to(device)
-             for k, v in model.state_dict().items() if not (fused and ".resblocks." in k)}
+    norm_params = {
+        f"{name}.{p}"
+        for name, module in model.named_modules()
+        if isinstance(module, _NORMS)
+        for p, _ in module.named_parameters(recurse=False)
+    }
+    state = {
+        k: v.to(device, dtype) if v.is_floating_point() and k not in norm_params else v.to(device)
+        for k, v in model.state_dict().items()
+        if not (fused and ".resblocks." in k)
+    }
     with torch.device("meta"):
         fast = CLIP(model.config)
     fast.load_state_dict(state, strict=not fused, assign=True)

@@ -11,8 +11,13 @@ import numpy as np
 from PIL import Image
 
 
-def plot_similarity(similarity: np.ndarray, images: Sequence[Image.Image], texts: Sequence[str],
-                    path: str | os.PathLike, title: str = "Cosine similarity between text and image features") -> None:
+def plot_similarity(
+    similarity: np.ndarray,
+    images: Sequence[Image.Image],
+    texts: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "Cosine similarity between text and image features",
+) -> None:
     """Save a heatmap of ``similarity`` ``[n_images, n_texts]`` with image thumbnails above the
     columns and the texts beside the rows."""
     import matplotlib
@@ -69,9 +74,12 @@ def plot_run(metrics_path: str | os.PathLike, path: str | os.PathLike) -> None:
     if evals:
         ax = axes[2]
         eval_steps = [r["step"] for r in evals]
-        for section, key, label in [("zeroshot", "top1", "zero-shot top-1"), ("zeroshot", "top5", "zero-shot top-5"),
-                                    ("retrieval", "text_to_image_R@10", "text→image R@10"),
-                                    ("retrieval", "image_to_text_R@10", "image→text R@10")]:
+        for section, key, label in [
+            ("zeroshot", "top1", "zero-shot top-1"),
+            ("zeroshot", "top5", "zero-shot top-5"),
+            ("retrieval", "text_to_image_R@10", "text→image R@10"),
+            ("retrieval", "image_to_text_R@10", "image→text R@10"),
+        ]:
             values = [r["eval"].get(section, {}).get(key) for r in evals]
             if any(v is not None for v in values):
                 ax.plot(eval_steps, values, marker="o", label=label)

@@ -41,9 +41,10 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+import itertools
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import ftfy
 import numpy as np
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 DEFAULT_CONTEXT_LENGTH = 77
-DEFAULT_VOCAB_PATH = Path(__file__).resolve().parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
+DEFAULT_VOCAB_PATH = Path(__file__).resolve().parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 
 SOT_TEXT = "<|startoftext|>"
 EOT_TEXT = "<|endoftext|>"
@@ -87,7 +88,7 @@ _TEXT_CACHE_SIZE = 1 << 15
 _TEXT_CACHE_MAX_CHARS = 512
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible mapping from the 256 byte values to printable characters.
 
@@ -117,9 +118,7 @@ def _read_merges(vocab_path: str | os.PathLike) -> list[tuple[str, str]]:
         lines = f.read().split("\n")
     merge_lines = lines[1 : NUM_MERGES + 1]
     if len(merge_lines) != NUM_MERGES:
-        raise ValueError(
-            f"{vocab_path}: expected at least {NUM_MERGES} merge rules, found {len(merge_lines)}"
-        )
+        raise ValueError(f"{vocab_path}: expected at least {NUM_MERGES} merge rules, found {len(merge_lines)}")
     merges = []
     for line_no, line in enumerate(merge_lines, start=1):
         parts = line.split()
@@ -269,7 +268,7 @@ class Tokenizer:
             # Find the adjacent pair with the lowest merge rank.
             best = None
             best_rank = NUM_MERGES
-            for pair in zip(word, word[1:]):
+            for pair in itertools.pairwise(word):
                 entry = merge_table.get(pair)
                 if entry is not None and entry[0] < best_rank:
                     best_rank = entry[0]
@@ -466,8 +465,9 @@ class Tokenizer:
         flush()
         return " ".join("".join(pieces).split())
 
-    def decode_batch(self, ids: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
-                     skip_special_tokens: bool = True) -> list[str]:
+    def decode_batch(
+        self, ids: torch.Tensor | np.ndarray | Sequence[Sequence[int]], skip_special_tokens: bool = True
+    ) -> list[str]:
         """:meth:`decode` applied to every row of an ``[N, L]`` batch."""
         if isinstance(ids, torch.Tensor):
             ids = ids.detach().cpu().numpy()
@@ -489,11 +489,7 @@ def _is_plain_ascii(text: str) -> bool:
     characters, or turns CR into LF (a difference erased by the whitespace
     clean-up that follows).
     """
-    return (
-        text.isascii()
-        and "&" not in text
-        and (text.isprintable() or _ASCII_NEEDS_CLEANING.search(text) is None)
-    )
+    return text.isascii() and "&" not in text and (text.isprintable() or _ASCII_NEEDS_CLEANING.search(text) is None)
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,7 +16,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from .api import Pipeline
-from .preprocess import ImageInput
+from .images import ImageInput
 from .templates import get_templates
 
 
@@ -37,8 +37,13 @@ class ZeroShotClassifier:
         self.model_name = model_name
 
     @classmethod
-    def from_labels(cls, pipeline: Pipeline, class_names: Sequence[str],
-                    templates: str | Sequence[str] = "imagenet80", progress: bool = False) -> "ZeroShotClassifier":
+    def from_labels(
+        cls,
+        pipeline: Pipeline,
+        class_names: Sequence[str],
+        templates: str | Sequence[str] = "imagenet80",
+        progress: bool = False,
+    ) -> ZeroShotClassifier:
         """Embed every class name in every template and average per class."""
         class_names = [c.strip() for c in class_names]
         if not class_names or any(not c for c in class_names):
@@ -62,30 +67,39 @@ class ZeroShotClassifier:
     def classify(self, pipeline: Pipeline, images: Iterable[ImageInput], top_k: int = 5) -> list[list[Prediction]]:
         """Top-k predictions per image, best first."""
         if self.weights.shape[1] != pipeline.embed_dim:
-            raise ValueError(f"these class embeddings have {self.weights.shape[1]} dimensions (model "
-                             f"{self.model_name or 'unknown'}) but the model embeds into {pipeline.embed_dim}: "
-                             "rebuild the classifier with this model")
+            raise ValueError(
+                f"these class embeddings have {self.weights.shape[1]} dimensions (model "
+                f"{self.model_name or 'unknown'}) but the model embeds into {pipeline.embed_dim}: "
+                "rebuild the classifier with this model"
+            )
         return self.predict(pipeline.embed_images(images), top_k)
 
     def predict(self, embeddings: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
         """Top-k predictions per row of L2-normalised image embeddings, best first."""
         if embeddings.shape[-1] != self.weights.shape[1]:
-            raise ValueError(f"image embeddings have {embeddings.shape[-1]} dimensions, these class embeddings "
-                             f"{self.weights.shape[1]}: rebuild the classifier with this model")
+            raise ValueError(
+                f"image embeddings have {embeddings.shape[-1]} dimensions, these class embeddings "
+                f"{self.weights.shape[1]}: rebuild the classifier with this model"
+            )
         probs, scores = self.probabilities(embeddings), embeddings @ self.weights.T
         k = min(top_k, len(self.class_names))
         order = np.argsort(-probs, axis=-1)[:, :k]
-        return [[Prediction(self.class_names[j], float(probs[i, j]), float(scores[i, j])) for j in row]
-                for i, row in enumerate(order)]
+        return [
+            [Prediction(self.class_names[j], float(probs[i, j]), float(scores[i, j])) for j in row]
+            for i, row in enumerate(order)
+        ]
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as safetensors with the class names and temperature in its metadata."""
-        meta = {"class_names": json.dumps(self.class_names), "logit_scale": str(self.logit_scale),
-                "model": self.model_name}
+        meta = {
+            "class_names": json.dumps(self.class_names),
+            "logit_scale": str(self.logit_scale),
+            "model": self.model_name,
+        }
         save_file({"weights": self.weights}, str(path), metadata=meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ZeroShotClassifier":
+    def load(cls, path: str | os.PathLike) -> ZeroShotClassifier:
         from safetensors import SafetensorError, safe_open
 
         try:

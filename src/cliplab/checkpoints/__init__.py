@@ -19,12 +19,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 from ..model.clip import CLIP
 from ..model.configs import CLIPConfig
 from .base import CheckpointError, LoadedCheckpoint
-from .huggingface import is_huggingface_folder, read_huggingface, write_huggingface
 from .hub import download, hub_name_to_repo
+from .huggingface import is_huggingface_folder, read_huggingface, write_huggingface
 from .native import is_cliplab_folder, read_cliplab_folder, write_cliplab_folder
 from .open_clip import is_open_clip_folder, read_open_clip_folder, write_open_clip_folder
 from .openai import read_state_dict_file, write_openai_state_dict
@@ -32,8 +31,15 @@ from .openai import read_state_dict_file, write_openai_state_dict
 FORMATS = ("cliplab", "open_clip", "huggingface", "openai")
 _STATE_DICT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}
 
-__all__ = ["FORMATS", "CheckpointError", "LoadedCheckpoint", "read_checkpoint", "write_checkpoint", "build_model",
-           "resolve"]
+__all__ = [
+    "FORMATS",
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "build_model",
+    "read_checkpoint",
+    "resolve",
+    "write_checkpoint",
+]
 
 
 def resolve(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -80,8 +86,10 @@ def read_checkpoint(path: str | os.PathLike, quick_gelu: bool | None = None) -> 
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     if path.suffix not in _STATE_DICT_SUFFIXES:
-        raise CheckpointError(f"{path}: unknown checkpoint extension {path.suffix!r} "
-                              f"(expected one of {sorted(_STATE_DICT_SUFFIXES)} or a folder)")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint extension {path.suffix!r} "
+            f"(expected one of {sorted(_STATE_DICT_SUFFIXES)} or a folder)"
+        )
     try:
         return read_state_dict_file(path, quick_gelu=quick_gelu)
     except CheckpointError as error:
@@ -100,8 +108,13 @@ def build_model(ckpt: LoadedCheckpoint) -> CLIP:
     return model.eval()
 
 
-def write_checkpoint(model: CLIP, dest: str | os.PathLike, format: str = "cliplab", preprocess: dict | None = None,
-                     metadata: dict | None = None) -> Path:
+def write_checkpoint(
+    model: CLIP,
+    dest: str | os.PathLike,
+    format: str = "cliplab",
+    preprocess: dict | None = None,
+    metadata: dict | None = None,
+) -> Path:
     """Write ``model`` to ``dest`` in ``format`` (one of :data:`FORMATS`); returns the path written."""
     dest = Path(dest)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}

@@ -28,7 +28,7 @@ HF_FILES = ["config.json", "model.safetensors", "preprocessor_config.json"]
 def hub_name_to_repo(name: str) -> tuple[str, list[str]]:
     """The hub repository and files for a model name, or raise ``KeyError`` if it is no hub name."""
     if name.startswith("hf-hub:"):
-        return name[len("hf-hub:"):], OPEN_CLIP_FILES
+        return name[len("hf-hub:") :], OPEN_CLIP_FILES
     arch, _, tag = name.rpartition("/")
     arch = canonical_name(arch)
     if tag == "openai" and arch in OPENAI_HUB_REPOS:

@@ -278,7 +278,9 @@ def _config_from_hf(raw: Mapping[str, Any], notes: list[str]) -> CLIPConfig:
             f"{acts['vision_config']!r}; cliplab uses one activation for both towers"
         )
     if vision["num_channels"] != 3:
-        raise CheckpointError(f"config.json vision_config: num_channels is {vision['num_channels']}; cliplab needs 3 (RGB)")
+        raise CheckpointError(
+            f"config.json vision_config: num_channels is {vision['num_channels']}; cliplab needs 3 (RGB)"
+        )
 
     projection_dim = raw.get("projection_dim")
     if projection_dim is None:
@@ -509,8 +511,14 @@ def _write_tokenizer(folder: Path, context_length: int) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + merges + "\n", encoding="utf-8")
 
     def special(token: str) -> dict[str, Any]:
-        return {"content": token, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False,
-                "special": True}
+        return {
+            "content": token,
+            "lstrip": False,
+            "normalized": True,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
 
     _write_json(
         folder / "tokenizer_config.json",
@@ -571,8 +579,10 @@ def _load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled code.
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad or unsafe pickles
-        raise CheckpointError(f"cannot read {path} as a weights-only PyTorch file: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read {path} as a weights-only PyTorch file: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(data, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
     ):

@@ -94,7 +94,7 @@ def normalise_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     for key, value in state_dict.items():
         for prefix in ("module.", "_orig_mod."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         if key in NON_PARAMETER_KEYS or key == "attn_mask" or key.endswith(".attn_mask"):
             continue
         if not isinstance(value, torch.Tensor):

@@ -30,7 +30,9 @@ def read_cliplab_folder(folder: Path) -> LoadedCheckpoint:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE} is not a valid cliplab config ({error})") from error
     if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CheckpointError(f"{folder} was written by a newer cliplab (format {meta['format_version']}); upgrade cliplab")
+        raise CheckpointError(
+            f"{folder} was written by a newer cliplab (format {meta['format_version']}); upgrade cliplab"
+        )
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{folder} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
@@ -44,16 +46,26 @@ def read_cliplab_folder(folder: Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(state_dict, config, "cliplab", preprocess, [], metadata=meta.get("metadata", {}))
 
 
-def write_cliplab_folder(state_dict: dict[str, torch.Tensor], config: CLIPConfig, folder: Path,
-                         preprocess: dict | None = None, metadata: dict | None = None) -> None:
+def write_cliplab_folder(
+    state_dict: dict[str, torch.Tensor],
+    config: CLIPConfig,
+    folder: Path,
+    preprocess: dict | None = None,
+    metadata: dict | None = None,
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": "cliplab",
         "format_version": FORMAT_VERSION,
         "model": config.to_dict(),
         "preprocess": dict(preprocess or default_preprocess(config.vision.image_size)),
-        "tokenizer": {"vocabulary": "bpe_simple_vocab_16e6", "context_length": config.text.context_length,
-                      "sot_token_id": 49406, "eot_token_id": 49407, "pad_token_id": 0},
+        "tokenizer": {
+            "vocabulary": "bpe_simple_vocab_16e6",
+            "context_length": config.text.context_length,
+            "sot_token_id": 49406,
+            "eot_token_id": 49407,
+            "pad_token_id": 0,
+        },
         "metadata": metadata or {},
     }
     save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(folder / WEIGHTS_FILE))

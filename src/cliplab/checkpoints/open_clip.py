@@ -15,22 +15,70 @@ from .base import CheckpointError, LoadedCheckpoint
 from .openai import default_preprocess, read_state_dict_file
 
 CONFIG_FILE = "open_clip_config.json"
-WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-                "open_clip_pytorch_model.pth")
+WEIGHT_FILES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
 
 # OpenCLIP options cliplab's model implements only at these values (the OpenAI architecture).
-_SUPPORTED_VISION = {"ls_init_value": None, "attentional_pool": False, "no_ln_pre": False, "pos_embed_type": "learnable",
-                     "final_ln_after_pool": False, "pool_type": "tok", "timm_model_name": None, "act_kwargs": None,
-                     "norm_kwargs": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
-                     "scale_attn_inner": False, "scale_attn": False, "scale_fc": False}
-_SUPPORTED_TEXT = {"ls_init_value": None, "embed_cls": False, "pad_id": 0, "no_causal_mask": False,
-                   "final_ln_after_pool": False, "pool_type": "argmax", "proj_bias": False, "proj_type": "linear",
-                   "hf_model_name": None, "hf_tokenizer_name": None, "act_kwargs": None, "norm_kwargs": None,
-                   "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
-                   "scale_attn": False, "scale_fc": False}
-_IGNORED = {"patch_dropout", "output_tokens", "tokenizer_kwargs", "tokenizer_mode", "block_type", "attn_pooler_queries",
-            "attn_pooler_heads", "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop",
-            "timm_drop_path", "eos_id", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type"}
+_SUPPORTED_VISION = {
+    "ls_init_value": None,
+    "attentional_pool": False,
+    "no_ln_pre": False,
+    "pos_embed_type": "learnable",
+    "final_ln_after_pool": False,
+    "pool_type": "tok",
+    "timm_model_name": None,
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+}
+_SUPPORTED_TEXT = {
+    "ls_init_value": None,
+    "embed_cls": False,
+    "pad_id": 0,
+    "no_causal_mask": False,
+    "final_ln_after_pool": False,
+    "pool_type": "argmax",
+    "proj_bias": False,
+    "proj_type": "linear",
+    "hf_model_name": None,
+    "hf_tokenizer_name": None,
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+}
+_IGNORED = {
+    "patch_dropout",
+    "output_tokens",
+    "tokenizer_kwargs",
+    "tokenizer_mode",
+    "block_type",
+    "attn_pooler_queries",
+    "attn_pooler_heads",
+    "timm_model_pretrained",
+    "timm_pool",
+    "timm_proj",
+    "timm_proj_bias",
+    "timm_drop",
+    "timm_drop_path",
+    "eos_id",
+    "hf_model_pretrained",
+    "hf_proj_type",
+    "hf_pooler_type",
+}
 
 
 def is_open_clip_folder(path: Path) -> bool:
@@ -41,8 +89,10 @@ def _check_supported(cfg: dict[str, Any], supported: dict[str, Any], known: set[
     for key, value in cfg.items():
         if key in supported:
             if value != supported[key] and not (supported[key] is None and value in ({}, None)):
-                raise CheckpointError(f"OpenCLIP {tower} option {key}={value!r} is not supported by cliplab's CLIP "
-                                      f"architecture (supported: {supported[key]!r})")
+                raise CheckpointError(
+                    f"OpenCLIP {tower} option {key}={value!r} is not supported by cliplab's CLIP "
+                    f"architecture (supported: {supported[key]!r})"
+                )
         elif key not in known and key not in _IGNORED:
             raise CheckpointError(f"unknown OpenCLIP {tower} option {key!r}")
 
@@ -51,15 +101,29 @@ def config_from_open_clip(model_cfg: dict[str, Any]) -> CLIPConfig:
     """Translate OpenCLIP's ``model_cfg`` into a :class:`CLIPConfig`, refusing options cliplab lacks."""
     vision_cfg, text_cfg = dict(model_cfg.get("vision_cfg", {})), dict(model_cfg.get("text_cfg", {}))
     for key in model_cfg:
-        if key not in {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "cast_dtype", "init_logit_scale",
-                       "init_logit_bias", "nonscalar_logit_scale", "custom_text"}:
+        if key not in {
+            "embed_dim",
+            "vision_cfg",
+            "text_cfg",
+            "quick_gelu",
+            "cast_dtype",
+            "init_logit_scale",
+            "init_logit_bias",
+            "nonscalar_logit_scale",
+            "custom_text",
+        }:
             raise CheckpointError(f"OpenCLIP model option {key!r} is not supported by cliplab")
     if model_cfg.get("init_logit_bias") is not None:
         raise CheckpointError("OpenCLIP SigLIP models (init_logit_bias) are not supported for loading yet")
-    _check_supported(vision_cfg, _SUPPORTED_VISION,
-                     {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size"}, "vision")
-    _check_supported(text_cfg, _SUPPORTED_TEXT,
-                     {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}, "text")
+    _check_supported(
+        vision_cfg,
+        _SUPPORTED_VISION,
+        {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size"},
+        "vision",
+    )
+    _check_supported(
+        text_cfg, _SUPPORTED_TEXT, {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}, "text"
+    )
     head_width = vision_cfg.get("head_width", 64)
     layers = vision_cfg.get("layers", 12)
     width = vision_cfg.get("width", 768)
@@ -85,8 +149,9 @@ def config_from_open_clip(model_cfg: dict[str, Any]) -> CLIPConfig:
         layers=text_cfg.get("layers", 12),
         mlp_ratio=text_cfg.get("mlp_ratio", 4.0),
     )
-    return CLIPConfig(embed_dim=model_cfg["embed_dim"], vision=vision, text=text,
-                      quick_gelu=bool(model_cfg.get("quick_gelu", False)))
+    return CLIPConfig(
+        embed_dim=model_cfg["embed_dim"], vision=vision, text=text, quick_gelu=bool(model_cfg.get("quick_gelu", False))
+    )
 
 
 def config_to_open_clip(config: CLIPConfig) -> dict[str, Any]:
@@ -96,15 +161,20 @@ def config_to_open_clip(config: CLIPConfig) -> dict[str, Any]:
         vision_cfg["layers"] = list(vision.layers)  # type: ignore[arg-type]
         vision_cfg["head_width"] = vision.width * 32 // vision.heads  # type: ignore[operator]
     else:
-        vision_cfg.update(layers=vision.layers, patch_size=vision.patch_size,
-                          head_width=vision.width // vision.heads)  # type: ignore[operator]
+        vision_cfg.update(layers=vision.layers, patch_size=vision.patch_size, head_width=vision.width // vision.heads)  # type: ignore[operator]
     text = config.text
     return {
         "embed_dim": config.embed_dim,
         "quick_gelu": config.quick_gelu,
         "vision_cfg": vision_cfg,
-        "text_cfg": {"context_length": text.context_length, "vocab_size": text.vocab_size, "width": text.width,
-                     "heads": text.heads, "layers": text.layers, "mlp_ratio": text.mlp_ratio},
+        "text_cfg": {
+            "context_length": text.context_length,
+            "vocab_size": text.vocab_size,
+            "width": text.width,
+            "heads": text.heads,
+            "layers": text.layers,
+            "mlp_ratio": text.mlp_ratio,
+        },
     }
 
 
@@ -113,7 +183,9 @@ def read_open_clip_folder(folder: Path) -> LoadedCheckpoint:
         meta = json.loads((folder / CONFIG_FILE).read_text())
         model_cfg = meta["model_cfg"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{folder / CONFIG_FILE} is not an OpenCLIP config with a 'model_cfg' ({error})") from error
+        raise CheckpointError(
+            f"{folder / CONFIG_FILE} is not an OpenCLIP config with a 'model_cfg' ({error})"
+        ) from error
     config = config_from_open_clip(model_cfg)
     weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
@@ -126,8 +198,9 @@ def read_open_clip_folder(folder: Path) -> LoadedCheckpoint:
         for tower in ("vision", "text"):
             for key, value in declared[tower].items():
                 if key != "heads" and inferred[tower][key] != value:
-                    raise CheckpointError(f"{weights.name} has {tower} {key}={inferred[tower][key]} but {CONFIG_FILE} "
-                                          f"says {value}")
+                    raise CheckpointError(
+                        f"{weights.name} has {tower} {key}={inferred[tower][key]} but {CONFIG_FILE} says {value}"
+                    )
     preprocess = default_preprocess(config.vision.image_size)
     pre_cfg = meta.get("preprocess_cfg", {})
     for key in ("mean", "std", "interpolation", "resize_mode"):
@@ -142,19 +215,24 @@ def read_open_clip_folder(folder: Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(tensors.state_dict, config, "open_clip", preprocess, notes)
 
 
-def write_open_clip_folder(state_dict: dict[str, torch.Tensor], config: CLIPConfig, folder: Path,
-                           preprocess: dict | None = None) -> None:
+def write_open_clip_folder(
+    state_dict: dict[str, torch.Tensor], config: CLIPConfig, folder: Path, preprocess: dict | None = None
+) -> None:
     """Write a folder that ``open_clip.create_model_and_transforms('local-dir:FOLDER')`` (or an
     ``hf-hub:`` repository with the same files) loads."""
     folder.mkdir(parents=True, exist_ok=True)
     preprocess = preprocess or default_preprocess(config.vision.image_size)
     meta = {
         "model_cfg": config_to_open_clip(config),
-        "preprocess_cfg": {"mean": list(preprocess["mean"]), "std": list(preprocess["std"]),
-                           "interpolation": preprocess.get("interpolation", "bicubic"),
-                           "resize_mode": preprocess.get("resize_mode", "shortest"),
-                           "size": preprocess.get("image_size", config.vision.image_size)},
+        "preprocess_cfg": {
+            "mean": list(preprocess["mean"]),
+            "std": list(preprocess["std"]),
+            "interpolation": preprocess.get("interpolation", "bicubic"),
+            "resize_mode": preprocess.get("resize_mode", "shortest"),
+            "size": preprocess.get("image_size", config.vision.image_size),
+        },
     }
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
-              str(folder / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(folder / "open_clip_model.safetensors")
+    )

@@ -14,6 +14,7 @@ from .base import CheckpointError, LoadedCheckpoint
 from .infer import infer_config, normalise_state_dict
 from .torchfiles import is_torchscript_archive, load_torch_file, read_torchscript_tensors
 
+
 def default_preprocess(image_size: int) -> dict:
     """OpenAI's preprocessing at ``image_size``, as a :class:`~cliplab.preprocess.PreprocessConfig` dict."""
     return PreprocessConfig(image_size=image_size).to_dict()

@@ -14,7 +14,7 @@ import pickle
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -44,7 +44,7 @@ def is_torchscript_archive(path: Path) -> bool:
 class _ScriptedObject:
     """Inert stand-in for a TorchScript class instance: it only records its attributes."""
 
-    attributes: dict[str, Any] = {}
+    attributes: ClassVar[dict[str, Any]] = {}  # replaced per instance by __setstate__
 
     def __setstate__(self, state: Any) -> None:
         self.attributes = dict(state) if isinstance(state, dict) else {}

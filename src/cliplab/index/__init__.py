@@ -12,5 +12,14 @@ from .indexer import IndexReport, index_paths, model_identity
 from .search import Hit, Searcher
 from .store import ModelMismatchError, Store, StoreError, StoreLockedError
 
-__all__ = ["Hit", "IndexReport", "ModelMismatchError", "Searcher", "Store", "StoreError", "StoreLockedError",
-           "index_paths", "model_identity"]
+__all__ = [
+    "Hit",
+    "IndexReport",
+    "ModelMismatchError",
+    "Searcher",
+    "Store",
+    "StoreError",
+    "StoreLockedError",
+    "index_paths",
+    "model_identity",
+]

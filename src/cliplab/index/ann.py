@@ -90,8 +90,12 @@ class VectorIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         with open(tmp, "wb") as handle:
-            np.savez(handle, index=faiss.serialize_index(self.index), ids=self.ids,
-                     params=np.frombuffer(json.dumps(asdict(self.params)).encode(), dtype=np.uint8))
+            np.savez(
+                handle,
+                index=faiss.serialize_index(self.index),
+                ids=self.ids,
+                params=np.frombuffer(json.dumps(asdict(self.params)).encode(), dtype=np.uint8),
+            )
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -120,9 +124,15 @@ def choose_nlist(n: int) -> int:
     return int(max(1, min(8192, 2 ** round(math.log2(math.sqrt(max(n, 1)))), n // 39)))
 
 
-def ivf_index(kind: str, ids: np.ndarray, vectors: np.ndarray, seed: int = 0,
-              target_recall: float = TARGET_RECALL, other_queries: np.ndarray | None = None,
-              nprobe_margin: int = NPROBE_MARGIN) -> VectorIndex:
+def ivf_index(
+    kind: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    seed: int = 0,
+    target_recall: float = TARGET_RECALL,
+    other_queries: np.ndarray | None = None,
+    nprobe_margin: int = NPROBE_MARGIN,
+) -> VectorIndex:
     """Train an IVF-Flat index on the vectors, add them, and tune ``nprobe`` for ``target_recall``@10.
 
     ``other_queries``: queries of another kind (the store's texts when indexing its images, and the
@@ -150,8 +160,15 @@ def ivf_index(kind: str, ids: np.ndarray, vectors: np.ndarray, seed: int = 0,
     return result
 
 
-def tune_nprobe(index: VectorIndex, vectors: np.ndarray, target_recall: float, rng: np.random.Generator,
-                n_queries: int = 500, k: int = 10, queries: np.ndarray | None = None) -> tuple[int, float]:
+def tune_nprobe(
+    index: VectorIndex,
+    vectors: np.ndarray,
+    target_recall: float,
+    rng: np.random.Generator,
+    n_queries: int = 500,
+    k: int = 10,
+    queries: np.ndarray | None = None,
+) -> tuple[int, float]:
     """The smallest ``nprobe`` whose recall@k against exact search reaches ``target_recall``.
 
     Without ``queries`` it is measured leave-one-out: sampled stored vectors are the queries and each
@@ -256,8 +273,10 @@ def refresh_indexes(store) -> dict[str, AnnParams]:
             from .store import StoreError
 
             path.with_suffix(".tmp.npz").unlink(missing_ok=True)
-            raise StoreError(f"cannot write the search index {path} ({error}); the store's items are intact and "
-                             "searches rebuild the index in memory. Free some space and run `cliplab index` "
-                             "again.") from None
+            raise StoreError(
+                f"cannot write the search index {path} ({error}); the store's items are intact and "
+                "searches rebuild the index in memory. Free some space and run `cliplab index` "
+                "again."
+            ) from None
         params[kind] = index.params
     return params

@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Sequence
 
-from PIL import Image
-
-from ..preprocess import load_image, to_rgb
+from ..images import thumbnail_jpeg
 from .search import Hit
-
-
-def thumbnail_jpeg(path: str, size: int = 192) -> bytes | None:
-    """A JPEG thumbnail of an image file, or ``None`` if it cannot be read."""
-    try:
-        image = to_rgb(load_image(path))
-    except (OSError, ValueError):
-        return None
-    image.thumbnail((size, size), Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=85)
-    return out.getvalue()
 
 
 def render_contact_sheet(title: str, hits: Sequence[Hit]) -> str:
@@ -30,18 +15,23 @@ def render_contact_sheet(title: str, hits: Sequence[Hit]) -> str:
     for hit in hits:
         if hit.item.kind == "image":
             thumb = thumbnail_jpeg(hit.item.path)
-            picture = (f'<img src="data:image/jpeg;base64,{base64.b64encode(thumb).decode()}" alt="">'
-                       if thumb else '<div class="missing">unreadable</div>')
+            picture = (
+                f'<img src="data:image/jpeg;base64,{base64.b64encode(thumb).decode()}" alt="">'
+                if thumb
+                else '<div class="missing">unreadable</div>'
+            )
             label = html.escape(hit.item.path or "")
         else:
-            picture = f'<blockquote>{html.escape(hit.item.caption or "")}</blockquote>'
+            picture = f"<blockquote>{html.escape(hit.item.caption or '')}</blockquote>"
             label = html.escape(hit.item.key)
-        cells.append(f'<figure>{picture}<figcaption><b>#{hit.rank}</b> {hit.score:.3f}<br>'
-                     f'<small>{label}</small></figcaption></figure>')
+        cells.append(
+            f"<figure>{picture}<figcaption><b>#{hit.rank}</b> {hit.score:.3f}<br>"
+            f"<small>{label}</small></figcaption></figure>"
+        )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} main{{display:flex;flex-wrap:wrap;gap:12px}}
 figure{{width:200px;margin:0}} img{{max-width:192px;max-height:192px}} small{{word-break:break-all;color:#555}}
 blockquote{{margin:0;padding:.5em;background:#f3f3f3;min-height:4em}}</style></head>
-<body><h1>{html.escape(title)}</h1><main>{''.join(cells)}</main></body></html>
+<body><h1>{html.escape(title)}</h1><main>{"".join(cells)}</main></body></html>
 """

@@ -17,8 +17,16 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .indexer import (DecodedFile, FileEntry, ImageFiles, IndexReport, commit_decoded, embed_decoded, indexing_run,
-                      is_unchanged)
+from .indexer import (
+    DecodedFile,
+    FileEntry,
+    ImageFiles,
+    IndexReport,
+    commit_decoded,
+    embed_decoded,
+    indexing_run,
+    is_unchanged,
+)
 from .store import Store, StoreError
 
 
@@ -51,8 +59,14 @@ class _EmbedFiles:
         }
 
 
-def embed_on_ray(pipeline, entries: Sequence[FileEntry], batch_size: int = 64, actors: int | None = None,
-                 draft: bool = True, shard_rows: int = 1024) -> Iterator[dict[str, np.ndarray]]:
+def embed_on_ray(
+    pipeline,
+    entries: Sequence[FileEntry],
+    batch_size: int = 64,
+    actors: int | None = None,
+    draft: bool = True,
+    shard_rows: int = 1024,
+) -> Iterator[dict[str, np.ndarray]]:
     """Run the Ray Data job over ``entries``; yield its results on this machine, ``shard_rows`` at a time
     (columns key, size, mtime_ns, sha256, error and vector, as numpy arrays)."""
     import ray
@@ -63,9 +77,14 @@ def embed_on_ray(pipeline, entries: Sequence[FileEntry], batch_size: int = 64, a
     resources = ray.cluster_resources()
     actors = actors or max(1, int(resources.get("CPU", 1)))
     dataset = ray.data.from_items([{"key": e.key, "size": e.size, "mtime_ns": e.mtime_ns} for e in entries])
-    embedded = dataset.map_batches(_EmbedFiles, fn_constructor_kwargs={"pipeline_ref": ray.put(pipeline), "draft": draft},
-                                   batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
-                                       size=actors), num_cpus=1)
+    embedded = dataset.map_batches(
+        _EmbedFiles,
+        fn_constructor_kwargs={"pipeline_ref": ray.put(pipeline), "draft": draft},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=1,
+    )
     yield from embedded.iter_batches(batch_size=shard_rows, batch_format="numpy")
 
 
@@ -73,8 +92,9 @@ def ingest_shard(store: Store, shard: dict[str, np.ndarray], report: IndexReport
     """Commit one shard of results into the store in one transaction (re-ingesting is harmless)."""
     stored = store.file_states()
     decoded, vectors = [], {}
-    for key, size, mtime_ns, sha, error, vector in zip(shard["key"], shard["size"], shard["mtime_ns"],
-                                                       shard["sha256"], shard["error"], shard["vector"]):
+    for key, size, mtime_ns, sha, error, vector in zip(
+        shard["key"], shard["size"], shard["mtime_ns"], shard["sha256"], shard["error"], shard["vector"]
+    ):
         key, sha, error = str(key), str(sha), str(error)
         decoded.append(DecodedFile(FileEntry(key, int(size), int(mtime_ns)), sha or None, None, error or None))
         if not error and not is_unchanged(stored, key, sha):
@@ -89,21 +109,34 @@ class RayConnectionError(ConnectionError):
 def _connect(ray, address: str) -> None:
     """Join the cluster at ``address`` (or start one for ``local``), with an error that says what to check."""
     try:
-        ray.init(address=None if address == "local" else address, log_to_driver=False, include_dashboard=False,
-                 logging_level="error")
+        ray.init(
+            address=None if address == "local" else address,
+            log_to_driver=False,
+            include_dashboard=False,
+            logging_level="error",
+        )
     except (ConnectionError, RuntimeError) as error:
         auth = os.environ.get("RAY_AUTH_MODE", "disabled")
         raise RayConnectionError(
             f"cannot join the Ray cluster at {address!r} ({str(error).splitlines()[0]}). Check that the head node "
             f"is running (`ray status`) and reachable from here. Ray 2.59 and later start clusters with token "
             f"authentication: then set RAY_AUTH_MODE=token here (it is {auth!r}) and give this machine the "
-            f"cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN.") from None
+            f"cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN."
+        ) from None
 
 
-def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike] = (),
-                   address: str = "auto", captions: str | os.PathLike | None = None, batch_size: int = 64,
-                   progress: bool = True, actors: int | None = None, draft: bool = True,
-                   wait: bool = False) -> IndexReport:
+def index_with_ray(
+    pipeline,
+    store_dir: str | os.PathLike,
+    roots: Sequence[str | os.PathLike] = (),
+    address: str = "auto",
+    captions: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    actors: int | None = None,
+    draft: bool = True,
+    wait: bool = False,
+) -> IndexReport:
     """:func:`cliplab.index.index_paths` with decoding and image embedding on a Ray cluster.
 
     ``address``: a cluster address (``ray://head:10001`` or ``head:6379``), ``auto`` for the cluster
@@ -130,6 +163,8 @@ def index_with_ray(pipeline, store_dir: str | os.PathLike, roots: Sequence[str |
                 if started_ray:
                     ray.shutdown()
             if received != len(plan.to_embed):
-                raise StoreError(f"the Ray job returned {received} of {len(plan.to_embed)} files; the store keeps "
-                                   "what arrived. Run the same `cliplab index --ray` again to finish.")
+                raise StoreError(
+                    f"the Ray job returned {received} of {len(plan.to_embed)} files; the store keeps "
+                    "what arrived. Run the same `cliplab index --ray` again to finish."
+                )
     return report

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..preprocess import ImageLoadError, Preprocessor, load_image
+from ..images import ImageLoadError, load_image
+from ..preprocess import Preprocessor
 from .scan import TEXT_KEY_PREFIX, FileEntry, Plan, find_images, make_plan, read_captions
 from .store import ModelIdentity, NewItem, Store
 
@@ -88,8 +89,11 @@ class ImageFiles(Dataset):
         try:
             pixels = self.preprocess.crop(load_image(buffer, self.draft_size))
         except (ImageLoadError, ValueError, OSError) as error:
-            reason = str(error).replace(repr(buffer), repr(entry.key)).replace(f"<{type(buffer).__name__} object>",
-                                                                               repr(entry.key))
+            reason = (
+                str(error)
+                .replace(repr(buffer), repr(entry.key))
+                .replace(f"<{type(buffer).__name__} object>", repr(entry.key))
+            )
             return DecodedFile(entry, sha, None, reason)
         except MemoryError:
             return DecodedFile(entry, sha, None, "out of memory while decoding")
@@ -157,9 +161,16 @@ def default_workers() -> int:
 
 
 @contextlib.contextmanager
-def indexing_run(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike],
-                 captions: str | os.PathLike | None, batch_size: int, progress: bool, wait: bool = False,
-                 update_ann: bool = True) -> Iterator[tuple[Store, Plan, IndexReport]]:
+def indexing_run(
+    pipeline,
+    store_dir: str | os.PathLike,
+    roots: Sequence[str | os.PathLike],
+    captions: str | os.PathLike | None,
+    batch_size: int,
+    progress: bool,
+    wait: bool = False,
+    update_ann: bool = True,
+) -> Iterator[tuple[Store, Plan, IndexReport]]:
     """The frame of every indexing run: open (or create) the store for writing, plan the run, remove
     deleted files and embed the texts; the caller embeds ``plan.to_embed``; on exit the totals are
     counted and the search indexes refreshed."""
@@ -170,10 +181,15 @@ def indexing_run(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | o
     with Store.create(store_dir, identity, wait=wait) as store:
         store.check_model(identity)
         caption_pairs = read_captions(captions) if captions else None
-        plan = make_plan(find_images(roots), store.file_states(), store.failure_states(), roots, caption_pairs,
-                         store.text_states())
-        report = IndexReport(store=str(store.root), unchanged=plan.unchanged, known_failures=plan.known_failures,
-                             texts_unchanged=plan.texts_unchanged)
+        plan = make_plan(
+            find_images(roots), store.file_states(), store.failure_states(), roots, caption_pairs, store.text_states()
+        )
+        report = IndexReport(
+            store=str(store.root),
+            unchanged=plan.unchanged,
+            known_failures=plan.known_failures,
+            texts_unchanged=plan.texts_unchanged,
+        )
         if plan.deleted:
             store.put([], delete_keys=plan.deleted)
             report.deleted = sum(not key.startswith(TEXT_KEY_PREFIX) for key in plan.deleted)
@@ -186,25 +202,46 @@ def indexing_run(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | o
     report.seconds = time.perf_counter() - started
 
 
-def index_paths(pipeline, store_dir: str | os.PathLike, roots: Sequence[str | os.PathLike] = (),
-                captions: str | os.PathLike | None = None, batch_size: int = 64, workers: int | None = None,
-                progress: bool = True, wait: bool = False, update_ann: bool = True, draft: bool = True) -> IndexReport:
+def index_paths(
+    pipeline,
+    store_dir: str | os.PathLike,
+    roots: Sequence[str | os.PathLike] = (),
+    captions: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: bool = True,
+    wait: bool = False,
+    update_ann: bool = True,
+    draft: bool = True,
+) -> IndexReport:
     """Embed new and changed images under ``roots`` (and the texts of ``captions``) into the store at
     ``store_dir``, creating it if needed; remove deleted files. Returns an :class:`IndexReport`.
 
     ``draft=False`` decodes JPEGs at full size, exactly as :meth:`Pipeline.embed_images` does."""
     with indexing_run(pipeline, store_dir, roots, captions, batch_size, progress, wait, update_ann) as (
-            store, plan, report):
-        _embed_files(pipeline, store, plan.to_embed, batch_size, default_workers() if workers is None else workers,
-                     progress, report, draft)
+        store,
+        plan,
+        report,
+    ):
+        _embed_files(
+            pipeline,
+            store,
+            plan.to_embed,
+            batch_size,
+            default_workers() if workers is None else workers,
+            progress,
+            report,
+            draft,
+        )
     return report
 
 
-def _embed_texts(pipeline, store: Store, texts: list[tuple[str, str]], batch_size: int, progress: bool,
-                 report: IndexReport) -> None:
+def _embed_texts(
+    pipeline, store: Store, texts: list[tuple[str, str]], batch_size: int, progress: bool, report: IndexReport
+) -> None:
     bar = tqdm(total=len(texts), unit="text", desc="embedding texts", disable=not progress or not texts)
     for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
+        chunk = texts[start : start + batch_size]
         vectors = pipeline.embed_texts([text for _, text in chunk], batch_size=batch_size)
         store.put(NewItem(key, "text", vector, caption=text) for (key, text), vector in zip(chunk, vectors))
         report.texts_embedded += len(chunk)
@@ -212,16 +249,31 @@ def _embed_texts(pipeline, store: Store, texts: list[tuple[str, str]], batch_siz
     bar.close()
 
 
-def _embed_files(pipeline, store: Store, entries: list[FileEntry], batch_size: int, workers: int, progress: bool,
-                 report: IndexReport, draft: bool = True) -> None:
+def _embed_files(
+    pipeline,
+    store: Store,
+    entries: list[FileEntry],
+    batch_size: int,
+    workers: int,
+    progress: bool,
+    report: IndexReport,
+    draft: bool = True,
+) -> None:
     if not entries:
         return
     stored = store.file_states()
     files = ImageFiles(entries, pipeline.preprocess, draft)
     if workers:
-        loader = DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=_keep_list,
-                            prefetch_factor=4, worker_init_fn=_ReleaseLock(store), persistent_workers=False,
-                            multiprocessing_context="fork")
+        loader = DataLoader(
+            files,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_keep_list,
+            prefetch_factor=4,
+            worker_init_fn=_ReleaseLock(store),
+            persistent_workers=False,
+            multiprocessing_context="fork",
+        )
     else:
         loader = decoded_batches(files, batch_size, torch.get_num_threads())
     with tqdm(total=len(entries), unit="img", desc="indexing images", disable=not progress) as bar:
@@ -231,8 +283,9 @@ def _embed_files(pipeline, store: Store, entries: list[FileEntry], batch_size: i
     report.images_per_second = report.embedded / elapsed if elapsed > 0 else 0.0
 
 
-def _commit_batches(pipeline, store: Store, loader: Iterable[list[DecodedFile]], stored: dict, report: IndexReport,
-                    bar) -> None:
+def _commit_batches(
+    pipeline, store: Store, loader: Iterable[list[DecodedFile]], stored: dict, report: IndexReport, bar
+) -> None:
     for batch in loader:
         fresh = [d for d in batch if d.pixels is not None and not is_unchanged(stored, d.entry.key, d.sha256)]
         vectors = embed_decoded(pipeline, fresh) if fresh else []
@@ -245,15 +298,30 @@ def is_unchanged(stored: dict, key: str, sha256: str | None) -> bool:
     return key in stored and stored[key][3] == sha256
 
 
-def commit_decoded(store: Store, decoded: Sequence[DecodedFile], vectors: dict, stored: dict,
-                   report: IndexReport) -> None:
+def commit_decoded(
+    store: Store, decoded: Sequence[DecodedFile], vectors: dict, stored: dict, report: IndexReport
+) -> None:
     """One transaction for a batch: new vectors (``key -> vector``), failures with their reasons, and
     the new size/mtime of files whose bytes did not change."""
-    items = [NewItem(d.entry.key, "image", vectors[d.entry.key], path=d.entry.key, size=d.entry.size,
-                     mtime_ns=d.entry.mtime_ns, sha256=d.sha256) for d in decoded if d.entry.key in vectors]
+    items = [
+        NewItem(
+            d.entry.key,
+            "image",
+            vectors[d.entry.key],
+            path=d.entry.key,
+            size=d.entry.size,
+            mtime_ns=d.entry.mtime_ns,
+            sha256=d.sha256,
+        )
+        for d in decoded
+        if d.entry.key in vectors
+    ]
     failures = [(d.entry.key, d.entry.key, d.entry.size, d.entry.mtime_ns, d.error) for d in decoded if d.error]
-    touches = [(d.entry.key, d.entry.size, d.entry.mtime_ns) for d in decoded
-               if not d.error and d.entry.key not in vectors and is_unchanged(stored, d.entry.key, d.sha256)]
+    touches = [
+        (d.entry.key, d.entry.size, d.entry.mtime_ns)
+        for d in decoded
+        if not d.error and d.entry.key not in vectors and is_unchanged(stored, d.entry.key, d.sha256)
+    ]
     store.put(items, failures, touches=touches)
     report.embedded += len(items)
     report.touched += len(touches)

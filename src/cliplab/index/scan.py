@@ -9,9 +9,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..train.data.pairs import IMAGE_EXTENSIONS, read_jsonl_records
-
-TEXT_KEY_PREFIX = "text:"
+from ..files import read_jsonl
+from ..images import IMAGE_EXTENSIONS
+from .store import TEXT_KEY_PREFIX
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,14 @@ class Plan:
     texts_unchanged: int = 0
 
     def summary(self) -> dict:
-        return {"to_embed": len(self.to_embed), "unchanged": self.unchanged, "known_failures": self.known_failures,
-                "deleted": len(self.deleted), "texts_to_embed": len(self.texts), "texts_unchanged": self.texts_unchanged}
+        return {
+            "to_embed": len(self.to_embed),
+            "unchanged": self.unchanged,
+            "known_failures": self.known_failures,
+            "deleted": len(self.deleted),
+            "texts_to_embed": len(self.texts),
+            "texts_unchanged": self.texts_unchanged,
+        }
 
 
 def find_images(roots: Sequence[str | os.PathLike]) -> list[FileEntry]:
@@ -77,8 +83,7 @@ def read_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"no such captions file: {path}")
     pairs: list[tuple[str, str]] = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as handle:
-            records = read_jsonl_records(handle, path)
+        records = read_jsonl(path)
         for number, record in enumerate(records, start=1):
             text = record.get("text", record.get("caption"))
             if text is None:
@@ -96,10 +101,14 @@ def read_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
     return [(cid, text) for cid, text in pairs if text.strip()]
 
 
-def make_plan(files: Sequence[FileEntry], stored: dict[str, tuple[int, int, int, str]],
-              failed: dict[str, tuple[int, int]], roots: Sequence[str | os.PathLike],
-              captions: Sequence[tuple[str, str]] | None = None,
-              stored_texts: dict[str, tuple[int, str]] | None = None) -> Plan:
+def make_plan(
+    files: Sequence[FileEntry],
+    stored: dict[str, tuple[int, int, int, str]],
+    failed: dict[str, tuple[int, int]],
+    roots: Sequence[str | os.PathLike],
+    captions: Sequence[tuple[str, str]] | None = None,
+    stored_texts: dict[str, tuple[int, str]] | None = None,
+) -> Plan:
     """Compare the files found under ``roots`` with the store's ``stored`` images and ``failed`` files,
     and a captions file's texts (``None``: no file given) with the store's texts. A captions file is
     the whole set: stored texts it no longer holds are deleted."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..preprocess import ImageInput
+from ..images import ImageInput
 from .ann import VectorIndex, ann_path, open_index, sync_with_store
 from .store import Item, Store
 
@@ -117,5 +117,7 @@ class Searcher:
             found.sort(key=lambda pair: (-pair[0], pair[1]))
             found = found[:k]
             items = self.store.items([i for _, i in found])
-        return [Hit(rank, score, items[i]) for rank, (score, i) in enumerate(
-            ((s, i) for s, i in found if i in items), start=1)]
+        return [
+            Hit(rank, score, items[i])
+            for rank, (score, i) in enumerate(((s, i) for s, i in found if i in items), start=1)
+        ]

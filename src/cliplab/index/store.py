@@ -30,6 +30,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 DATABASE = "store.sqlite"
 LOCK_FILE = "write.lock"
+TEXT_KEY_PREFIX = "text:"  # a text item's key is this prefix + its id in the captions file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -98,9 +99,22 @@ class Item:
     sha256: str | None
     caption: str | None
 
+    @property
+    def text_id(self) -> str | None:
+        """A text's id in its captions file (``None`` for images)."""
+        return self.key[len(TEXT_KEY_PREFIX) :] if self.kind == "text" else None
+
     def to_dict(self) -> dict:
-        return {"id": self.id, "kind": self.kind, "path": self.path, "caption": self.caption,
-                "size": self.size, "sha256": self.sha256, "key": self.key}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "path": self.path,
+            "caption": self.caption,
+            "text_id": self.text_id,
+            "size": self.size,
+            "sha256": self.sha256,
+            "key": self.key,
+        }
 
 
 @dataclass(frozen=True)
@@ -236,7 +250,7 @@ class Store:
         found: dict[int, Item] = {}
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for row in self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({marks})", chunk):
                 found[row[0]] = Item(*row)
@@ -292,9 +306,14 @@ class Store:
             yield Item(*row)
 
     def stats(self) -> dict:
-        return {"store": str(self.root), "model": self.model.name, "embed_dim": self.model.embed_dim,
-                "images": self.count("image"), "texts": self.count("text"),
-                "failures": self._db.execute("SELECT COUNT(*) FROM failures").fetchone()[0]}
+        return {
+            "store": str(self.root),
+            "model": self.model.name,
+            "embed_dim": self.model.embed_dim,
+            "images": self.count("image"),
+            "texts": self.count("text"),
+            "failures": self._db.execute("SELECT COUNT(*) FROM failures").fetchone()[0],
+        }
 
     # -- writing (one transaction per call) ----------------------------------------------------------
     @contextlib.contextmanager
@@ -305,16 +324,23 @@ class Store:
                 yield
         except (sqlite3.OperationalError, OSError) as error:
             if _disk_full(error):
-                raise StoreError(f"the disk holding {self.root} is full ({error}): this batch was not written; "
-                                 "everything committed before it is kept. Free some space and run again.") from None
+                raise StoreError(
+                    f"the disk holding {self.root} is full ({error}): this batch was not written; "
+                    "everything committed before it is kept. Free some space and run again."
+                ) from None
             raise
 
     def _require_writer(self) -> None:
         if self._lock_file is None:
             raise StoreError(f"{self.root} is open read-only")
 
-    def put(self, items: Iterable[NewItem], failures: Iterable[tuple[str, str | None, int | None, int | None, str]] = (),
-            delete_keys: Iterable[str] = (), touches: Iterable[tuple[str, int, int]] = ()) -> None:
+    def put(
+        self,
+        items: Iterable[NewItem],
+        failures: Iterable[tuple[str, str | None, int | None, int | None, str]] = (),
+        delete_keys: Iterable[str] = (),
+        touches: Iterable[tuple[str, int, int]] = (),
+    ) -> None:
         """Insert or replace ``items``, record ``failures`` (key, path, size, mtime_ns, reason), delete
         ``delete_keys``, and record new (size, mtime_ns) of unchanged files in ``touches`` (key, size,
         mtime_ns): all in one transaction, so a crash keeps all of it or none."""
@@ -327,22 +353,47 @@ class Store:
             for item in items:
                 vector = np.ascontiguousarray(item.vector, dtype=np.float32)
                 if vector.shape != (self.model.embed_dim,):
-                    raise StoreError(f"vector of {item.key} has shape {vector.shape}, store holds {self.model.embed_dim}")
+                    raise StoreError(
+                        f"vector of {item.key} has shape {vector.shape}, store holds {self.model.embed_dim}"
+                    )
                 # A changed file gets a new id, so ANN indexes see it as removed + added.
                 self._db.execute("DELETE FROM items WHERE key = ?", (item.key,))
                 self._db.execute("DELETE FROM failures WHERE key = ?", (item.key,))
                 self._db.execute(
                     "INSERT INTO items (key, kind, path, size, mtime_ns, sha256, caption, vector) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (item.key, item.kind, item.path, item.size, item.mtime_ns, item.sha256, item.caption,
-                     vector.tobytes()),
+                    (
+                        item.key,
+                        item.kind,
+                        item.path,
+                        item.size,
+                        item.mtime_ns,
+                        item.sha256,
+                        item.caption,
+                        vector.tobytes(),
+                    ),
                 )
             for key, path, size, mtime_ns, reason in failures:
                 self._db.execute("DELETE FROM items WHERE key = ?", (key,))
-                self._db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
-                                 (key, path, size, mtime_ns, reason, now))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, path, size, mtime_ns, reason, now),
+                )
             for key, size, mtime_ns in touches:
                 self._db.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
+
+
+def read_store_model(root: str | os.PathLike) -> str | None:
+    """The model name (or absolute path) a store records, or ``None`` if ``root`` is not a store."""
+    database = Path(root) / DATABASE
+    if not database.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return ModelIdentity.from_json(row[0]).name if row else None
 
 
 def _disk_full(error: BaseException) -> bool:

@@ -76,7 +76,7 @@ class CLIPConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CLIPConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -137,8 +137,13 @@ PRESETS: dict[str, CLIPConfig] = {
 }
 
 # OpenAI's own spellings ("ViT-B/32", "ViT-L/14@336px") resolve to the same presets.
-_ALIASES = {"ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16", "ViT-L/14": "ViT-L-14", "ViT-L/14@336px": "ViT-L-14-336",
-            "ViT-L/14@336": "ViT-L-14-336"}
+_ALIASES = {
+    "ViT-B/32": "ViT-B-32",
+    "ViT-B/16": "ViT-B-16",
+    "ViT-L/14": "ViT-L-14",
+    "ViT-L/14@336px": "ViT-L-14-336",
+    "ViT-L/14@336": "ViT-L-14-336",
+}
 
 
 def preset_names() -> list[str]:

@@ -68,7 +68,11 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.mlp = nn.Sequential(
             OrderedDict(
-                [("c_fc", nn.Linear(width, hidden)), ("gelu", activation(quick_gelu)), ("c_proj", nn.Linear(hidden, width))]
+                [
+                    ("c_fc", nn.Linear(width, hidden)),
+                    ("gelu", activation(quick_gelu)),
+                    ("c_proj", nn.Linear(hidden, width)),
+                ]
             )
         )
 

@@ -1,9 +1,9 @@
 """Training configuration: a TOML or YAML file of four sections, overridden by ``key=value`` pairs.
 
-    [model]   arch = "ViT-nano"  (a preset)  or  init_from = "path or name" (fine-tune)
-    [data]    train = [["corpus/train.jsonl", 1.0]]   (sources with weights)
-    [train]   batch_size, steps, lr, ...
-    [eval]    zeroshot = "corpus/zeroshot_test.jsonl", retrieval = "...", every = 500
+[model]   arch = "ViT-nano"  (a preset)  or  init_from = "path or name" (fine-tune)
+[data]    train = [["corpus/train.jsonl", 1.0]]   (sources with weights)
+[train]   batch_size, steps, lr, ...
+[eval]    zeroshot = "corpus/zeroshot_test.jsonl", retrieval = "...", every = 500
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ class TrainSection:
 class EvalSection:
     zeroshot: str = ""  # JSONL of {"image", "concept"}; classes from concepts.json beside it, if any
     retrieval: str = ""  # JSONL of {"image", "caption"}
-    templates: list[str] = field(default_factory=lambda: ["{}", "an emoji of {}.", "a drawing of {}.",
-                                                          "a picture of {}."])
+    templates: list[str] = field(
+        default_factory=lambda: ["{}", "an emoji of {}.", "a drawing of {}.", "a picture of {}."]
+    )
     every: int = 0  # steps; 0: only at the end
     batch_size: int = 256
 
@@ -80,7 +81,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         sections = {"model": ModelSection, "data": DataSection, "train": TrainSection, "eval": EvalSection}
         unknown = set(data) - set(sections) - {"base_dir"}
         if unknown:
@@ -105,8 +106,10 @@ class TrainConfig:
                     continue
                 expected = (int, float) if type(default) is float else type(default)
                 if not isinstance(value, expected) or (type(default) is not bool and isinstance(value, bool)):
-                    raise ValueError(f"{type(section).__name__.removesuffix('Section').lower()}.{f.name} must be a "
-                                     f"{type(default).__name__}, got {value!r}")
+                    raise ValueError(
+                        f"{type(section).__name__.removesuffix('Section').lower()}.{f.name} must be a "
+                        f"{type(default).__name__}, got {value!r}"
+                    )
         t = self.train
         if t.precision not in ("bf16", "fp32"):
             raise ValueError(f"train.precision must be bf16 or fp32, not {t.precision!r}")
@@ -120,6 +123,21 @@ class TrainConfig:
             raise ValueError("locking both towers leaves nothing to train")
         if not 0 <= t.patch_dropout < 1:
             raise ValueError(f"train.patch_dropout must be in [0, 1), not {t.patch_dropout}")
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not what was meant."""
+        t = self.train
+        found = []
+        if t.warmup_steps > t.steps:
+            found.append(
+                f"train.warmup_steps ({t.warmup_steps}) exceeds train.steps ({t.steps}): the "
+                f"learning rate never reaches train.lr ({t.lr:g})"
+            )
+        if self.eval.every and self.eval.every > t.steps:
+            found.append(
+                f"eval.every ({self.eval.every}) exceeds train.steps ({t.steps}): evaluation runs only at the end"
+            )
+        return found
 
     def resolve(self, path: str) -> str:
         """A path from the config, relative to the config file's folder unless absolute."""

@@ -14,7 +14,7 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 - a device is immutable
 
     @property
     def is_main(self) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +18,14 @@ from tqdm.auto import tqdm
 
 from ..api import Pipeline, load
 from ..checkpoints import write_checkpoint
+from ..data import DataSpec, make_train_loader
+from ..evaluate import evaluate
 from ..model import CLIP, get_preset
 from ..model.clip import MAX_LOGIT_SCALE
 from ..preprocess import Preprocessor
 from ..tokenizer import Tokenizer
 from .config import TrainConfig
-from .data import DataSpec, make_train_loader
 from .distributed import World, init_world, mean_over_ranks, shutdown
-from .evaluate import evaluate
 from .loss import ClipLoss, SigLipLoss
 from .optim import learning_rate, make_optimizer
 from .state import load_state, restore_rng, save_state
@@ -35,11 +37,13 @@ METRICS_FILE = "metrics.jsonl"
 @dataclass
 class TrainResult:
     out_dir: Path
-    steps: int
+    steps: int  # the step the run stands at
     seconds: float
     samples_per_second: float
-    final_loss: float
+    final_loss: float  # the last logged loss (also when this call trained nothing)
     eval: dict[str, Any] = field(default_factory=dict)
+    steps_this_run: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def build_model(config: TrainConfig) -> tuple[CLIP, Preprocessor]:
@@ -73,8 +77,11 @@ class MetricsLog:
     def __init__(self, path: Path, keep_up_to_step: int, enabled: bool):
         self.path, self.enabled = path, enabled
         if enabled and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step
+            ]
             path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -83,15 +90,54 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
-          progress: bool = True, stop_after_steps: int | None = None) -> TrainResult:
+def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to write over an earlier run unless asked: ``resume`` continues it, ``overwrite`` removes it."""
+    earlier = [name for name in ("checkpoints", "model", METRICS_FILE) if (out_dir / name).exists()]
+    if not earlier or resume:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds a training run ({', '.join(earlier)}): pass --resume to "
+            "continue it, --overwrite to replace it, or choose another --out"
+        )
+    for name in earlier:
+        path = out_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def last_logged_loss(path: Path) -> float:
+    """The loss of the last step ``metrics.jsonl`` records (NaN if none)."""
+    loss = float("nan")
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if "loss" in record:
+                loss = float(record["loss"])
+    return loss
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
     """Train (or fine-tune) CLIP as ``config`` says, writing to ``out_dir``:
     ``metrics.jsonl``, ``checkpoints/latest.pt`` (the resumable state) and ``model/`` (the final
-    model in cliplab's format). ``stop_after_steps`` ends the process's work early (for tests),
-    as a kill would, but cleanly."""
+    model in cliplab's format). An earlier run in ``out_dir`` is continued with ``resume`` and
+    replaced with ``overwrite``; otherwise it is an error. ``stop_after_steps`` ends the process's
+    work early (for tests), as a kill would, but cleanly."""
     out_dir = Path(out_dir)
     world = init_world(device)
     cfg = config.train
+    if world.is_main:
+        prepare_run_folder(out_dir, resume, overwrite)
+    warnings = config.warnings()
+    for warning in warnings if world.is_main else ():
+        print(f"warning: {warning}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
 
     model, preprocess = build_model(config)
@@ -100,8 +146,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, device
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     if hasattr(model.visual, "patch_dropout"):
         model.visual.patch_dropout = cfg.patch_dropout
-    loss_fn: nn.Module = (SigLipLoss(world.rank, world.size) if cfg.loss == "siglip" else
-                          ClipLoss(cfg.local_loss, cfg.gather_with_grad, world.rank, world.size))
+    loss_fn: nn.Module = (
+        SigLipLoss(world.rank, world.size)
+        if cfg.loss == "siglip"
+        else ClipLoss(cfg.local_loss, cfg.gather_with_grad, world.rank, world.size)
+    )
     if cfg.loss == "siglip" and not config.model.init_from:
         with torch.no_grad():
             model.logit_scale.fill_(math.log(SigLipLoss.INITIAL_LOGIT_SCALE))
@@ -125,14 +174,28 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, device
     net: nn.Module = head
     if world.size > 1:
         net = nn.parallel.DistributedDataParallel(
-            head, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+            head, device_ids=[world.device.index] if world.device.type == "cuda" else None
+        )
 
-    spec = DataSpec(sources=[(config.resolve(str(src)), float(w)) for src, w in config.data.train],
-                    caption_filter=config.data.caption_filter, shuffle_buffer=config.data.shuffle_buffer,
-                    resample=config.data.resample)
-    batches = iter(make_train_loader(spec, preprocess, tokenizer, cfg.batch_size, rank=world.rank,
-                                     world_size=world.size, seed=cfg.seed, workers=config.data.workers,
-                                     start_batch=step * cfg.accum_freq))
+    spec = DataSpec(
+        sources=[(config.resolve(str(src)), float(w)) for src, w in config.data.train],
+        caption_filter=config.data.caption_filter,
+        shuffle_buffer=config.data.shuffle_buffer,
+        resample=config.data.resample,
+    )
+    batches = iter(
+        make_train_loader(
+            spec,
+            preprocess,
+            tokenizer,
+            cfg.batch_size,
+            rank=world.rank,
+            world_size=world.size,
+            seed=cfg.seed,
+            workers=config.data.workers,
+            start_batch=step * cfg.accum_freq,
+        )
+    )
     use_bf16 = cfg.precision == "bf16"
 
     def autocast():
@@ -166,21 +229,35 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, device
         speed = (step - start_step) * samples_per_step / max(elapsed, 1e-9)
         temperature = float(model.logit_scale.detach().exp())
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", scale=f"{temperature:.1f}",
-                        samples_s=f"{speed:.0f}")
+        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", scale=f"{temperature:.1f}", samples_s=f"{speed:.0f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
-            log.write({"step": step, "loss": loss_value, "lr": lr, "logit_scale": temperature,
-                       "samples_per_second": speed, "samples": step * samples_per_step,
-                       "time": prior_seconds + elapsed})
+            log.write(
+                {
+                    "step": step,
+                    "loss": loss_value,
+                    "lr": lr,
+                    "logit_scale": temperature,
+                    "samples_per_second": speed,
+                    "samples": step * samples_per_step,
+                    "time": prior_seconds + elapsed,
+                }
+            )
         eval_now = step == cfg.steps or (config.eval.every and step % config.eval.every == 0)
         if eval_now and world.is_main and (config.eval.zeroshot or config.eval.retrieval):
             evaluation = run_eval(model, preprocess, tokenizer, config, world)
             log.write({"step": step, "eval": evaluation})
             set_train_mode(model, config)
         if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and world.is_main:
-            save_state(out_dir / "checkpoints", step=step, model=model, loss_fn=loss_fn, optimizer=optimizer,
-                       config=config.to_dict(), train_seconds=prior_seconds + time.perf_counter() - start,
-                       evaluation=evaluation)
+            save_state(
+                out_dir / "checkpoints",
+                step=step,
+                model=model,
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                config=config.to_dict(),
+                train_seconds=prior_seconds + time.perf_counter() - start,
+                evaluation=evaluation,
+            )
         if stop_after_steps is not None and step >= stop_after_steps:
             break
     bar.close()
@@ -189,19 +266,41 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, device
     finished_now = step == cfg.steps and (step > start_step or not (out_dir / "model").is_dir())
     if world.is_main and finished_now:
         model.eval()
-        write_checkpoint(model, out_dir / "model", "cliplab", preprocess.config.to_dict(),
-                         metadata={"trained": True, "steps": step, "samples": step * samples_per_step,
-                                   "train_seconds": round(prior_seconds + seconds, 1), "config": config.to_dict(),
-                                   "eval": evaluation})
+        write_checkpoint(
+            model,
+            out_dir / "model",
+            "cliplab",
+            preprocess.config.to_dict(),
+            metadata={
+                "trained": True,
+                "steps": step,
+                "samples": step * samples_per_step,
+                "train_seconds": round(prior_seconds + seconds, 1),
+                "config": config.to_dict(),
+                "eval": evaluation,
+            },
+        )
     shutdown(world)
-    return TrainResult(out_dir, step, seconds, (step - start_step) * samples_per_step / max(seconds, 1e-9),
-                       loss_value, evaluation)
+    if step == start_step:
+        loss_value = last_logged_loss(out_dir / METRICS_FILE)
+    return TrainResult(
+        out_dir,
+        step,
+        seconds,
+        (step - start_step) * samples_per_step / max(seconds, 1e-9),
+        loss_value,
+        evaluation,
+        steps_this_run=step - start_step,
+        warnings=warnings,
+    )
 
 
 # Settings that fix the model and the data order: a resumed run must share them with the saved state.
-RESUME_KEYS = {"model": ("arch", "init_from", "quick_gelu", "image_size"),
-               "data": ("train", "caption_filter", "shuffle_buffer", "resample"),
-               "train": ("batch_size", "accum_freq", "seed", "loss", "lock_image", "lock_text")}
+RESUME_KEYS = {
+    "model": ("arch", "init_from", "quick_gelu", "image_size"),
+    "data": ("train", "caption_filter", "shuffle_buffer", "resample"),
+    "train": ("batch_size", "accum_freq", "seed", "loss", "lock_image", "lock_text"),
+}
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
@@ -213,13 +312,21 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], out_dir: Pat
             if before != now:
                 differences.append(f"{section}.{key}: {before!r} -> {now!r}")
     if differences:
-        raise ValueError(f"cannot resume {out_dir}: its saved state used other settings ({'; '.join(differences)}). "
-                         "Resume with the same config, or train into a new --out folder.")
+        raise ValueError(
+            f"cannot resume {out_dir}: its saved state used other settings ({'; '.join(differences)}). "
+            "Resume with the same config, or train into a new --out folder."
+        )
 
 
-def run_eval(model: CLIP, preprocess: Preprocessor, tokenizer: Tokenizer, config: TrainConfig,
-             world: World) -> dict[str, Any]:
+def run_eval(
+    model: CLIP, preprocess: Preprocessor, tokenizer: Tokenizer, config: TrainConfig, world: World
+) -> dict[str, Any]:
     model.eval()
     pipeline = Pipeline(model, preprocess, tokenizer, device=world.device, precision="fp32")  # exact, no copy
-    return evaluate(pipeline, config.resolve(config.eval.zeroshot), config.resolve(config.eval.retrieval),
-                    config.eval.templates, config.eval.batch_size)
+    return evaluate(
+        pipeline,
+        config.resolve(config.eval.zeroshot),
+        config.resolve(config.eval.retrieval),
+        config.eval.templates,
+        config.eval.batch_size,
+    )

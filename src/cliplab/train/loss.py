@@ -56,8 +56,9 @@ class ClipLoss(nn.Module):
         logits_per_image = logit_scale * all_image @ all_text.T
         return logits_per_image, logits_per_image.T, labels
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                learn_bias: bool = True) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, learn_bias: bool = True
+    ) -> torch.Tensor:
         """``image``, ``text``: L2-normalised features ``[n, d]``; ``logit_scale``: exp of the
         learned log-temperature. (``learn_bias`` exists for SigLIP's interface and is unused.)"""
         logits_per_image, logits_per_text, labels = self.logits(image, text, logit_scale)
@@ -80,8 +81,9 @@ class SigLipLoss(nn.Module):
         self.rank, self.world_size = rank, world_size
         self.logit_bias = nn.Parameter(torch.tensor(self.INITIAL_LOGIT_BIAS))
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                learn_bias: bool = True) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, learn_bias: bool = True
+    ) -> torch.Tensor:
         """As :class:`ClipLoss`; ``learn_bias=False`` treats the bias as a constant (used by
         gradient accumulation so the bias gets one gradient per step, not one per micro-batch)."""
         all_image = gather_features(image, self.rank, self.world_size)

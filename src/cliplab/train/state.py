@@ -49,20 +49,31 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         os.close(dir_fd)
 
 
-def save_state(folder: Path, *, step: int, model: torch.nn.Module, loss_fn: torch.nn.Module,
-               optimizer: torch.optim.Optimizer, config: dict[str, Any], train_seconds: float,
-               evaluation: dict[str, Any]) -> Path:
+def save_state(
+    folder: Path,
+    *,
+    step: int,
+    model: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    train_seconds: float,
+    evaluation: dict[str, Any],
+) -> Path:
     path = folder / STATE_FILE
-    atomic_torch_save({
-        "step": step,
-        "train_seconds": train_seconds,
-        "eval": evaluation,
-        "model": model.state_dict(),
-        "loss": loss_fn.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_state(),
-        "config": config,
-    }, path)
+    atomic_torch_save(
+        {
+            "step": step,
+            "train_seconds": train_seconds,
+            "eval": evaluation,
+            "model": model.state_dict(),
+            "loss": loss_fn.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "config": config,
+        },
+        path,
+    )
     return path
 
 

@@ -1,15 +1,18 @@
-"""Training data pipeline: image-text pairs from tables, folders and WebDataset shards.
+"""Image-text pairs: reading them from tables, folders and WebDataset shards, and the sample corpus.
 
-* :mod:`cliplab.train.data.pairs`: tables and image folders (:func:`read_pairs`),
+* :mod:`cliplab.data.pairs`: tables and image folders (:func:`read_pairs`),
   source classification (:func:`source_kind`) and the caption filter
   (:func:`filter_captions`);
-* :mod:`cliplab.train.data.shards`: WebDataset tar shards (:func:`expand_shards`,
+* :mod:`cliplab.data.shards`: WebDataset tar shards (:func:`expand_shards`,
   :func:`iter_shard`, :func:`pack_shards`);
-* :mod:`cliplab.train.data.loader`: the datasets (:class:`PairDataset`,
+* :mod:`cliplab.data.loader`: the datasets (:class:`PairDataset`,
   :class:`ShardStream`) and the deterministic, resumable training loader
   (:func:`make_train_loader`); its docstring explains the ordering and resumption rules.
 
-The public names of the three modules are re-exported here.
+* :mod:`cliplab.data.corpus`: the offline sample corpus built from openly licensed art.
+
+The trainer (:mod:`cliplab.train`) reads its data through this package; nothing here imports the
+trainer. The public names of pairs, shards and loader are re-exported here.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from .pairs import (
     CAPTION_COLUMNS,
     CAPTION_RULES,
     IMAGE_COLUMNS,
-    IMAGE_EXTENSIONS,
     Pair,
     caption_rule,
     filter_captions,
@@ -39,7 +41,6 @@ __all__ = [
     "CAPTION_COLUMNS",
     "CAPTION_RULES",
     "IMAGE_COLUMNS",
-    "IMAGE_EXTENSIONS",
     "SKIP_REASONS",
     "DataSpec",
     "Pair",

@@ -3,27 +3,43 @@ image<->text retrieval (recall@1/5/10 in both directions), each with its chance 
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..api import Pipeline
-from ..zeroshot import ZeroShotClassifier
-from .data.pairs import read_jsonl_records
+from .api import Pipeline
+from .files import read_jsonl
+from .zeroshot import ZeroShotClassifier
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Items of a JSONL file, image paths made absolute against the file's folder."""
+def read_items(path: str | Path) -> list[dict]:
+    """Evaluation items from a JSONL, CSV or TSV file (each with an ``image`` and a ``concept`` or
+    ``caption``), image paths made absolute against the file's folder."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        items = read_jsonl_records(f, path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such evaluation file: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".tab"):
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            items = [dict(row) for row in csv.DictReader(handle, delimiter="," if suffix == ".csv" else "\t")]
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        items = read_jsonl(path)
+    else:
+        raise ValueError(f"{path}: evaluation files are .jsonl, .csv or .tsv, not {suffix!r}")
     for number, item in enumerate(items, start=1):
-        if "image" not in item:
-            raise ValueError(f"{path}: item {number} has no 'image' field")
+        if not item.get("image"):
+            raise ValueError(f"{path}: item {number} has no 'image' field (columns: {', '.join(item)})")
         item["image"] = str((path.parent / item["image"]).resolve())
     return items
+
+
+def _require(items: Sequence[dict], field: str, path: str | Path) -> None:
+    missing = next((i for i, item in enumerate(items, start=1) if not item.get(field)), None)
+    if missing is not None:
+        raise ValueError(f"{path}: item {missing} has no {field!r} field")
 
 
 def _top_k_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
@@ -35,9 +51,14 @@ def _top_k_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
     return float(np.mean(hits))
 
 
-def zeroshot_eval(pipeline: Pipeline, items: Sequence[dict], class_names: Sequence[str] | None = None,
-                  templates: Sequence[str] = ("{}",), batch_size: int = 256,
-                  image_embeddings: np.ndarray | None = None) -> dict[str, float]:
+def zeroshot_eval(
+    pipeline: Pipeline,
+    items: Sequence[dict],
+    class_names: Sequence[str] | None = None,
+    templates: Sequence[str] = ("{}",),
+    batch_size: int = 256,
+    image_embeddings: np.ndarray | None = None,
+) -> dict[str, float]:
     """Top-1/top-5 accuracy of classifying each item's image among ``class_names`` (default: the
     distinct ``concept`` values of the items). ``image_embeddings`` (one row per item) skips
     embedding the images again when the caller already has them."""
@@ -55,13 +76,19 @@ def zeroshot_eval(pipeline: Pipeline, items: Sequence[dict], class_names: Sequen
     scores = embeddings @ classifier.weights.T
     targets = np.array([index[item["concept"]] for item in items])
     n_classes = len(class_names)
-    return {"top1": _top_k_hits(scores, targets, 1), "top5": _top_k_hits(scores, targets, 5),
-            "chance_top1": 1 / n_classes, "chance_top5": min(5, n_classes) / n_classes,
-            "classes": n_classes, "images": len(items)}
+    return {
+        "top1": _top_k_hits(scores, targets, 1),
+        "top5": _top_k_hits(scores, targets, 5),
+        "chance_top1": 1 / n_classes,
+        "chance_top5": min(5, n_classes) / n_classes,
+        "classes": n_classes,
+        "images": len(items),
+    }
 
 
-def retrieval_eval(pipeline: Pipeline, items: Sequence[dict], ks: Sequence[int] = (1, 5, 10),
-                   batch_size: int = 256) -> dict[str, float]:
+def retrieval_eval(
+    pipeline: Pipeline, items: Sequence[dict], ks: Sequence[int] = (1, 5, 10), batch_size: int = 256
+) -> dict[str, float]:
     """Recall@k for image->text and text->image over paired items (the pair is the only match)."""
     images = pipeline.embed_images([item["image"] for item in items], batch_size=batch_size)
     texts = pipeline.embed_texts([item["caption"] for item in items])
@@ -81,12 +108,20 @@ def class_names_for(zeroshot_path: str | Path) -> list[str] | None:
     return json.loads(candidate.read_text()) if candidate.is_file() else None
 
 
-def evaluate(pipeline: Pipeline, zeroshot: str = "", retrieval: str = "", templates: Sequence[str] = ("{}",),
-             batch_size: int = 256) -> dict[str, dict[str, float]]:
+def evaluate(
+    pipeline: Pipeline,
+    zeroshot: str = "",
+    retrieval: str = "",
+    templates: Sequence[str] = ("{}",),
+    batch_size: int = 256,
+) -> dict[str, dict[str, float]]:
     results = {}
     if zeroshot:
-        results["zeroshot"] = zeroshot_eval(pipeline, read_jsonl(zeroshot), class_names_for(zeroshot), templates,
-                                            batch_size)
+        items = read_items(zeroshot)
+        _require(items, "concept", zeroshot)
+        results["zeroshot"] = zeroshot_eval(pipeline, items, class_names_for(zeroshot), templates, batch_size)
     if retrieval:
-        results["retrieval"] = retrieval_eval(pipeline, read_jsonl(retrieval), batch_size=batch_size)
+        items = read_items(retrieval)
+        _require(items, "caption", retrieval)
+        results["retrieval"] = retrieval_eval(pipeline, items, batch_size=batch_size)
     return results

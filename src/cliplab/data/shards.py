@@ -7,7 +7,7 @@ WebDataset tar shards: ``data/{000000..000099}.tar`` brace patterns, globs
 group of consecutive tar members sharing a key: ``KEY.jpg|jpeg|png|webp|...`` plus
 ``KEY.txt`` (other members such as ``KEY.json`` are ignored).
 
-Shards are *streaming* sources (:class:`cliplab.train.data.loader.ShardStream`);
+Shards are *streaming* sources (:class:`cliplab.data.loader.ShardStream`);
 :func:`expand_shards` lists the files of a pattern and :func:`iter_shard` reads one.
 :func:`pack_shards` turns pairs into shards (``cliplab data pack``).
 """
@@ -24,7 +24,8 @@ from glob import glob, has_magic
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .pairs import IMAGE_EXTENSIONS, Pair, PathLike
+from ..images import IMAGE_EXTENSIONS
+from .pairs import Pair, PathLike
 
 __all__ = [
     "ShardSample",

@@ -1,8 +1,8 @@
 """Training loader: map-style and streaming datasets, and the deterministic loader.
 
 :class:`PairDataset` serves pairs from tables and folders
-(:mod:`cliplab.train.data.pairs`); :class:`ShardStream` streams WebDataset tar shards
-(:mod:`cliplab.train.data.shards`); :func:`make_train_loader` builds the training
+(:mod:`cliplab.data.pairs`); :class:`ShardStream` streams WebDataset tar shards
+(:mod:`cliplab.data.shards`); :func:`make_train_loader` builds the training
 loader of one rank from a :class:`DataSpec`.
 
 Determinism and resumption
@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from ...preprocess import ImageLoadError, ImageTooLargeError, load_image
+from ..images import ImageLoadError, ImageTooLargeError, load_image
 from .pairs import (
     CAPTION_RULES,
     Pair,
@@ -174,12 +174,12 @@ def _load_sample(
         return "read_error"
     try:
         pixels = preprocess(image)
-    except Exception:  # noqa: BLE001 - a bad image must never stop training
+    except Exception:
         logger.debug("preprocess failed", exc_info=True)
         return "preprocess_error"
     try:
         tokens = tokenizer(caption)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.debug("tokenizer failed", exc_info=True)
         return "tokenize_error"
     if tokens.ndim == 2 and tokens.shape[0] == 1:
@@ -764,8 +764,7 @@ class TrainLoader:
         self._order = order
 
     def __iter__(self) -> Iterator[Sample]:
-        for pixels, tokens in self.dataloader:
-            yield pixels, tokens
+        yield from self.dataloader
 
     @property
     def skipped(self) -> dict[str, int]:

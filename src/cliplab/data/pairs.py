@@ -7,15 +7,14 @@ Sources
 * a folder of images with caption side files (``x.jpg`` + ``x.txt``, recursive).
 
 Tables and folders are *map-style* sources: :func:`read_pairs` lists their pairs, which
-:class:`cliplab.train.data.loader.PairDataset` loads.  :func:`source_kind` tells them
-apart from tar shards (:mod:`cliplab.train.data.shards`).  :func:`caption_rule` and
+:class:`cliplab.data.loader.PairDataset` loads.  :func:`source_kind` tells them
+apart from tar shards (:mod:`cliplab.data.shards`).  :func:`caption_rule` and
 :func:`filter_captions` drop pairs with unusable captions.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import re
@@ -25,11 +24,13 @@ from glob import has_magic
 from pathlib import Path
 from typing import Any, Union
 
+from ..files import parse_jsonl
+from ..images import IMAGE_EXTENSIONS
+
 __all__ = [
     "CAPTION_COLUMNS",
     "CAPTION_RULES",
     "IMAGE_COLUMNS",
-    "IMAGE_EXTENSIONS",
     "Pair",
     "caption_rule",
     "filter_captions",
@@ -45,8 +46,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 IMAGE_COLUMNS: tuple[str, ...] = ("image", "filepath", "path", "image_path", "img", "file", "filename")
 #: Column names recognised as the caption, in order of preference (case-insensitive).
 CAPTION_COLUMNS: tuple[str, ...] = ("caption", "text", "title")
-#: File extensions (lower case, without the dot) treated as images in folders and shards.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
 #: Names of the caption filter rules, in the order they are checked.
 CAPTION_RULES: tuple[str, ...] = ("empty", "numeric", "filename")
 
@@ -123,22 +122,6 @@ def _caption_text(value: Any) -> str:
     return str(value).strip()
 
 
-def read_jsonl_records(lines: Iterable[str], path: PathLike) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL stream (blank lines skipped); errors name ``path:line``."""
-    records = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: invalid JSON: {exc}") from exc
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
-
-
 def _read_table(path: Path, image_column: str | None, caption_column: str | None) -> list[Pair]:
     base = path.parent
     suffix = path.suffix.lower()
@@ -147,7 +130,7 @@ def _read_table(path: Path, image_column: str | None, caption_column: str | None
     no_image = 0
     with open(path, encoding="utf-8-sig", newline="") as f:
         if suffix in _JSONL_SUFFIXES:
-            records = read_jsonl_records(f, path)
+            records = parse_jsonl(f, path)
             if not records:
                 return []
             names: list[str] = []

@@ -1,0 +1,98 @@
+"""``convert`` and ``info``: checkpoints between formats, and what a checkpoint holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .base import add_activation, add_command, add_json, print_json
+
+#: :data:`cliplab.checkpoints.FORMATS` (kept here so that the parser does not import torch; a test
+#: checks that the two agree), plus ONNX.
+CONVERT_FORMATS = ("cliplab", "open_clip", "huggingface", "openai", "onnx")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = add_command(
+        commands,
+        "convert",
+        cmd_convert,
+        "convert a checkpoint between formats",
+        examples=[
+            "cliplab convert ViT-B-32.pt exported/ --to huggingface",
+            "cliplab convert runs/mini/model oc/ --to open_clip",
+            "cliplab convert cliplab-mini onnx/ --to onnx",
+        ],
+    )
+    p.add_argument("source", help="checkpoint path or name")
+    p.add_argument("dest", help="output folder (a .pt file for --to openai)")
+    p.add_argument(
+        "--to",
+        choices=CONVERT_FORMATS,
+        default="cliplab",
+        help="a checkpoint format, or onnx: image_encoder.onnx + text_encoder.onnx (needs cliplab[onnx])",
+    )
+    add_json(p)
+    add_activation(p)
+
+    p = add_command(
+        commands,
+        "info",
+        cmd_info,
+        "describe a checkpoint: format, architecture, parameters",
+        examples=["cliplab info cliplab-mini", "cliplab info exported/ --json"],
+    )
+    p.add_argument("checkpoint", help="checkpoint path or name (a model in $CLIPLAB_HOME/models, a hub name)")
+    add_json(p)
+    add_activation(p)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..api import load
+
+    clip = load(args.source, device="cpu", quick_gelu=args.quick_gelu, precision="fp32")
+    written = clip.export_onnx(args.dest) if args.to == "onnx" else clip.save(args.dest, format=args.to)
+    print(
+        json.dumps({"source": args.source, "dest": str(written), "format": args.to})
+        if args.json
+        else f"wrote {args.to} {'encoders' if args.to == 'onnx' else 'checkpoint'} to {written}"
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..api import resolve_model_path
+    from ..checkpoints import CheckpointError, build_model, read_checkpoint
+
+    ckpt = read_checkpoint(resolve_model_path(args.checkpoint), quick_gelu=args.quick_gelu)
+    try:
+        build_model(ckpt)  # the weights must fit the architecture the files describe
+    except CheckpointError as error:
+        raise CheckpointError(f"{args.checkpoint}: {error}") from None
+    n_params = sum(v.numel() for k, v in ckpt.state_dict.items())
+    info = {
+        "path": args.checkpoint,
+        "format": ckpt.source_format,
+        "parameters": n_params,
+        "config": ckpt.config.to_dict(),
+        "preprocess": ckpt.preprocess,
+        "notes": ckpt.notes,
+    }
+    if args.json:
+        print_json(info)
+        return 0
+    cfg = ckpt.config
+    tower = (
+        f"ResNet {list(cfg.vision.layers)} width {cfg.vision.width}"
+        if cfg.vision.is_resnet  # type: ignore[arg-type]
+        else f"ViT {cfg.vision.layers} layers, width {cfg.vision.width}, patch {cfg.vision.patch_size}"
+    )
+    print(
+        f"{args.checkpoint}\n  format       {ckpt.source_format}\n  parameters   {n_params:,}\n"
+        f"  image tower  {tower}, {cfg.vision.image_size} px\n"
+        f"  text tower   {cfg.text.layers} layers, width {cfg.text.width}, context {cfg.text.context_length}\n"
+        f"  embedding    {cfg.embed_dim}\n  activation   {'QuickGELU' if cfg.quick_gelu else 'GELU'}"
+    )
+    for note in ckpt.notes:
+        print(f"  note: {note}")
+    return 0

@@ -1,0 +1,1 @@
+"""The service's routers: searches, stored items and thumbnails, encoders, and the pages."""
