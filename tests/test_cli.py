@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,18 @@ def test_train_with_a_bad_config_key_names_it(tmp_path, capsys):
     config.write_text("[train]\nstepz = 3\n")
     assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 1
     assert "stepz" in capsys.readouterr().err
+
+
+def test_a_saved_classifier_refuses_another_model_of_the_same_width(model_dir, image_files, tmp_path, capsys):
+    """Classifier files record the model's fingerprint, as stores do: applying one to another model of the
+    same embedding width is an error that names both, not silently wrong predictions."""
+    other = tmp_path / "other"
+    write_checkpoint(random_model(get_preset("ViT-nano"), seed=5), other, "cliplab")
+    saved = str(tmp_path / "pets.safetensors")
+    labels = ["--labels", "a cat,a dog", "--save-classifier", saved, "--model", model_dir]
+    assert main(["classify", image_files[0], *labels]) == 0
+    assert main(["classify", image_files[0], "--classifier", saved, "--model", model_dir]) == 0
+    capsys.readouterr()
+    assert main(["classify", image_files[0], "--classifier", saved, "--model", str(other)]) == 1
+    error = capsys.readouterr().err
+    assert "this classifier was made with model" in error and str(Path(model_dir).resolve()) in error

@@ -19,6 +19,7 @@ import cliplab
 from cliplab.checkpoints import write_checkpoint
 from cliplab.cli import main
 from cliplab.index import ModelMismatchError, Searcher, Store, StoreLockedError, ann, index_paths
+from cliplab.index.scan import read_captions
 from cliplab.model import get_preset
 
 FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
@@ -320,6 +321,32 @@ def test_captions_file_is_the_whole_set_of_texts(pipeline, photos, captions, tmp
         assert sorted(store.text_states()) == ["text:c1", "text:c2"]
     report = index_paths(pipeline, tmp_path / "store", [photos], workers=0, progress=False)  # no file: texts kept
     assert report.texts_deleted == 0 and report.total_texts == 2
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        'image,caption\nc1,a red square\nc2,"a blue, round thing"\n',
+        'caption,id,source\na red square,c1,web\n"a blue, round thing",c2,web\n',
+        "c1,a red square\nc2,a blue, round thing\n",
+    ],
+    ids=["image-caption-header", "named-columns-in-any-order", "no-header"],
+)
+def test_captions_csv_headers_are_read_by_name_never_as_a_text(content, tmp_path):
+    """A header such as `image,caption` names the columns: it is not indexed as a text (it once replaced
+    a store's texts by the file's rows, header included)."""
+    path = tmp_path / "captions.csv"
+    path.write_text(content)
+    assert read_captions(path) == [("c1", "a red square"), ("c2", "a blue, round thing")]
+
+
+def test_cli_reports_removed_texts(model_path, photos, captions, tmp_path, capsys):
+    store = str(tmp_path / "store")
+    assert main(["index", str(photos), "--store", store, "--captions", str(captions), "--model", model_path]) == 0
+    captions.write_text("id,text\nc1,a red square\n")
+    capsys.readouterr()
+    assert main(["index", str(photos), "--store", store, "--captions", str(captions), "--model", model_path]) == 0
+    assert "0 images and 2 texts removed" in capsys.readouterr().out
 
 
 def test_readers_search_exactly_until_the_ivf_index_is_saved_then_load_it(pipeline, photos, tmp_path, monkeypatch):

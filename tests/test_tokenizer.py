@@ -444,7 +444,8 @@ def test_attention_mask(tok):
     """Exact: mask is 1 up to and including eot, 0 after; equals ids != 0 except where
     a real id 0 ('!' inside a word) occurs, which the mask still counts."""
     texts = CORPUS[:500] + ['!"$ test']
-    ids, mask = tok(texts, return_attention_mask=True)
+    batch = tok.encode_batch(texts)
+    ids, mask = torch.from_numpy(batch.ids), torch.from_numpy(batch.attention_mask)
     assert mask.dtype == torch.long and mask.shape == ids.shape
     eot_pos = (ids == EOT).int().argmax(dim=1)
     expected = (torch.arange(77)[None, :] <= eot_pos[:, None]).long()
@@ -458,7 +459,8 @@ def test_attention_mask(tok):
 
 def test_attention_mask_truncated_row(tok):
     """Exact: a truncated row's mask is all ones."""
-    ids, mask = tok("word " * 200, return_attention_mask=True)
+    batch = tok.encode_batch("word " * 200)
+    ids, mask = torch.from_numpy(batch.ids), torch.from_numpy(batch.attention_mask)
     assert mask.sum().item() == 77 and ids[0, -1].item() == EOT
 
 

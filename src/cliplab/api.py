@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointError, LoadedCheckpoint, build_model, read_checkpoint, resolve
+from .checkpoints import CheckpointError, LoadedCheckpoint, build_model, read_checkpoint, resolve, write_checkpoint
+from .export import export_onnx
+from .identity import ModelIdentity, model_identity
 from .images import ImageInput
 from .inference import inference_model, precision_name, resolve_precision
 from .model import CLIP
@@ -107,6 +109,11 @@ class Pipeline:
         self._inference_model = None
 
     @property
+    def identity(self) -> ModelIdentity:
+        """The model's name and the fingerprint of its weights and preprocessing (:mod:`cliplab.identity`)."""
+        return model_identity(self)
+
+    @property
     def embed_dim(self) -> int:
         return self.model.config.embed_dim
 
@@ -172,14 +179,10 @@ class Pipeline:
     def export_onnx(self, folder: str | os.PathLike) -> Path:
         """Write ``image_encoder.onnx``, ``text_encoder.onnx`` and their settings to ``folder`` (float32;
         see :mod:`cliplab.export`; needs the ``onnx`` extra)."""
-        from .export import export_onnx
-
         return export_onnx(self, folder)
 
     def save(self, dest: str | os.PathLike, format: str = "cliplab", metadata: dict | None = None) -> Path:
         """Write the model in ``format`` (``cliplab``, ``open_clip``, ``huggingface``, ``openai``)."""
-        from .checkpoints import write_checkpoint
-
         return write_checkpoint(self.model, dest, format, self.preprocess.config.to_dict(), metadata)
 
 

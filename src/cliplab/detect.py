@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
@@ -319,8 +320,6 @@ _BOX_COLOURS = ((255, 64, 64), (64, 200, 255), (255, 220, 0), (120, 255, 120), (
 def heatmap_overlay(image: ImageInput, heatmap: np.ndarray, alpha: float = 0.55) -> Image.Image:
     """The image with a heatmap (values in [0, 1]) blended over it in the 'inferno' colour map,
     stretched to the map's own range so weak models' maps stay visible."""
-    from matplotlib import colormaps
-
     picture = to_rgb(image if isinstance(image, Image.Image) else load_image(image))
     low, high = float(heatmap.min()), float(heatmap.max())
     norm = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)

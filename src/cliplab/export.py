@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .extras import require
+
 if TYPE_CHECKING:
     from .api import Pipeline
     from .model import CLIP
@@ -51,10 +53,8 @@ class _TextEncoder(nn.Module):
 
 def export_onnx(pipeline: Pipeline, folder: str | os.PathLike) -> Path:
     """Write the image and text encoders of ``pipeline`` and their settings to ``folder``; returns it."""
-    try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
-    except ImportError as exc:
-        raise ImportError("ONNX export needs the onnx extra: pip install 'cliplab[onnx]'") from exc
+    require("onnx", "onnx", "ONNX export")  # torch.onnx.export needs onnx and onnxscript
+    require("onnxscript", "onnx", "ONNX export")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(pipeline.model).float().cpu().eval()  # the float32 master, on the CPU

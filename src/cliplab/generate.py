@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .api import Pipeline
 from .images import ImageInput, load_image, to_rgb
+from .plotting import plot_similarity_curve
 
 # Square root of the colour covariance of natural images (Lucid's ``color_correlation_svd_sqrt``),
 # its columns scaled to unit maximum norm: decorrelated channels -> RGB.
@@ -138,7 +139,7 @@ class GenerationResult:
         }
         self.image.save(path)
         save_strip(self.snapshots, paths["strip"])
-        plot_curve(self.similarities, self.prompt, paths["curve"])
+        plot_similarity_curve(self.similarities, self.prompt, paths["curve"])
         return paths
 
 
@@ -251,22 +252,6 @@ def save_strip(snapshots: Sequence[tuple[int, Image.Image]], path: str | os.Path
         strip.paste(picture.resize((tile, tile), Image.BICUBIC), (i * tile, 14))
         draw.text((i * tile + 3, 1), f"step {step}", fill=(0, 0, 0))
     strip.save(path)
-
-
-def plot_curve(similarities: Sequence[float], prompt: str, path: str | os.PathLike) -> None:
-    """The cosine similarity of the image to the prompt over the optimisation steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(range(len(similarities)), similarities, lw=1.5)
-    ax.set(xlabel="step", ylabel="cosine(image, text)", title=f"towards {prompt!r}"[:60])
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 __all__ = ["FourierImage", "GenerationResult", "cutouts", "generate", "spherical_distance"]

@@ -1,5 +1,6 @@
-"""The picture people draw of CLIP: the cosine-similarity matrix of images (columns, with
-thumbnails) against texts (rows)."""
+"""Pictures: the cosine-similarity matrix of images (columns, with thumbnails) against texts (rows),
+training curves, and a generation's similarity curve. Figures are drawn without pyplot, so a
+notebook's or an application's matplotlib backend is never switched."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import textwrap
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image
+
+from .files import read_jsonl
 
 
 def plot_similarity(
@@ -20,16 +24,12 @@ def plot_similarity(
 ) -> None:
     """Save a heatmap of ``similarity`` ``[n_images, n_texts]`` with image thumbnails above the
     columns and the texts beside the rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n_images, n_texts = similarity.shape
     if n_images != len(images) or n_texts != len(texts):
         raise ValueError(f"matrix {similarity.shape} does not match {len(images)} images and {len(texts)} texts")
     matrix = similarity.T  # rows: texts, columns: images
-    fig, ax = plt.subplots(figsize=(2 + 1.3 * n_images, 2.2 + 0.6 * n_texts))
+    fig = Figure(figsize=(2 + 1.3 * n_images, 2.2 + 0.6 * n_texts))
+    ax = fig.subplots()
     ax.imshow(matrix, vmin=min(0.1, float(matrix.min())), vmax=max(0.3, float(matrix.max())), cmap="viridis")
     ax.set_yticks(range(n_texts), ["\n".join(textwrap.wrap(t, 40)) for t in texts], fontsize=9)
     ax.set_xticks([])
@@ -46,26 +46,19 @@ def plot_similarity(
     ax.set_title(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_run(metrics_path: str | os.PathLike, path: str | os.PathLike) -> None:
     """Training curves from a run's ``metrics.jsonl``: loss and temperature over samples seen, and
     the held-out evaluations made during the run."""
-    import json
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    records = read_jsonl(metrics_path)
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval" in r]
     if not train:
         raise ValueError(f"{metrics_path} has no training records")
     panels = 3 if evals else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
+    fig = Figure(figsize=(5 * panels, 3.8))
+    axes = fig.subplots(1, panels)
     steps = [r["step"] for r in train]
     axes[0].plot(steps, [r["loss"] for r in train], lw=1)
     axes[0].set(xlabel="step", ylabel="contrastive loss", title="training loss")
@@ -87,4 +80,14 @@ def plot_run(metrics_path: str | os.PathLike, path: str | os.PathLike) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+
+def plot_similarity_curve(similarities: Sequence[float], prompt: str, path: str | os.PathLike) -> None:
+    """The cosine similarity of a generated image to its prompt over the optimisation steps."""
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    ax.plot(range(len(similarities)), similarities, lw=1.5)
+    ax.set(xlabel="step", ylabel="cosine(image, text)", title=f"towards {prompt!r}"[:60])
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -44,6 +44,7 @@ import html
 import itertools
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import ftfy
@@ -139,6 +140,20 @@ def _as_int_list(ids: Iterable[int] | torch.Tensor | np.ndarray) -> list[int]:
             raise ValueError(f"decode takes one sequence of ids, got an array of shape {ids.shape}")
         return [int(i) for i in ids.tolist()]
     return [int(i) for i in ids]
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Token rows of a batch: ``ids`` ``[N, context_length]`` int64, zero-padded, and each row's
+    ``lengths`` (positions up to and including ``eot``)."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def attention_mask(self) -> np.ndarray:
+        """``[N, context_length]`` int64: 1 up to and including ``eot``, 0 for padding."""
+        return (np.arange(self.ids.shape[1], dtype=np.int64)[None, :] < self.lengths[:, None]).astype(np.int64)
 
 
 class Tokenizer:
@@ -341,27 +356,12 @@ class Tokenizer:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         return list(self._encode_cached(text))
 
-    def __call__(
-        self,
-        texts: str | Sequence[str],
-        context_length: int | None = None,
-        return_attention_mask: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Tokenise one string or a batch into a ``[N, context_length]`` LongTensor.
+    def encode_batch(self, texts: str | Sequence[str], context_length: int | None = None) -> TokenBatch:
+        """Tokenise one string or a batch into zero-padded rows (numpy; no torch needed).
 
         Each row is ``[sot, ids..., eot]`` padded with zeros.  A row that would
         be longer than ``context_length`` is truncated and its last position
         set to ``eot``, so every row contains exactly one ``eot``.
-
-        Args:
-            texts: a string (gives N = 1) or a sequence of strings.
-            context_length: row length; defaults to :attr:`context_length`.
-            return_attention_mask: also return a ``[N, context_length]``
-                LongTensor with 1 for every position up to and including
-                ``eot`` and 0 for padding.
-
-        Returns:
-            ``ids`` or ``(ids, attention_mask)``.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -398,11 +398,12 @@ class Tokenizer:
                 np.arange(n, dtype=np.int64) * length - row_starts, lengths
             )
             out.reshape(-1)[positions] = np.array(flat, dtype=np.int64)
-        ids_tensor = torch.from_numpy(out)
-        if not return_attention_mask:
-            return ids_tensor
-        mask = (np.arange(length, dtype=np.int64)[None, :] < lengths[:, None]).astype(np.int64)
-        return ids_tensor, torch.from_numpy(mask)
+        return TokenBatch(out, lengths)
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        """Tokenise one string or a batch into a ``[N, context_length]`` LongTensor (see
+        :meth:`encode_batch`; its ``attention_mask`` marks the positions up to each ``eot``)."""
+        return torch.from_numpy(self.encode_batch(texts, context_length).ids)
 
     # ------------------------------------------------------------------ decoding
 

@@ -24,6 +24,7 @@ from ..model.configs import CLIPConfig
 from .base import CheckpointError, LoadedCheckpoint
 from .hub import download, hub_name_to_repo
 from .huggingface import is_huggingface_folder, read_huggingface, write_huggingface
+from .infer import check_shapes
 from .native import is_cliplab_folder, read_cliplab_folder, write_cliplab_folder
 from .open_clip import is_open_clip_folder, read_open_clip_folder, write_open_clip_folder
 from .openai import read_state_dict_file, write_openai_state_dict
@@ -100,8 +101,6 @@ def read_checkpoint(path: str | os.PathLike, quick_gelu: bool | None = None) -> 
 
 def build_model(ckpt: LoadedCheckpoint) -> CLIP:
     """A :class:`CLIP` in eval mode holding the checkpoint's weights (checked strictly)."""
-    from .infer import check_shapes
-
     model = CLIP(ckpt.config)
     check_shapes(ckpt.state_dict, model.state_dict(), f"checkpoint ({ckpt.source_format})")
     model.load_state_dict(ckpt.state_dict, strict=True)

@@ -46,13 +46,17 @@ from typing import Any
 
 import torch
 
+from ..model.clip import CLIP
 from ..model.configs import CLIPConfig, TextConfig, VisionConfig
 from ..preprocess import MEAN as OPENAI_MEAN
 from ..preprocess import STD as OPENAI_STD
+from ..preprocess import PreprocessConfig
 from ..tokenizer import EOT_TEXT as EOT_TOKEN
 from ..tokenizer import SOT_TEXT as SOT_TOKEN
 from ..tokenizer import default_tokenizer
 from .base import CheckpointError, LoadedCheckpoint
+from .infer import check_shapes
+from .torchfiles import load_tensors
 
 __all__ = ["is_huggingface_folder", "read_huggingface", "write_huggingface"]
 
@@ -155,8 +159,6 @@ def _key_pairs(config: CLIPConfig) -> Iterator[tuple[str, tuple[str, ...], str]]
 
 def _openai_shapes(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of ``cliplab.model.CLIP(config)``, computed without allocating memory."""
-    from ..model.clip import CLIP
-
     try:
         with torch.device("meta"):
             model = CLIP(config)
@@ -178,33 +180,6 @@ def _hf_shapes(config: CLIPConfig, openai_shapes: Mapping[str, tuple[int, ...]])
         else:
             shapes[hf_keys[0]] = shape
     return shapes
-
-
-def _few(keys: Any, n: int = 5) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:n])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def _check_keys_and_shapes(
-    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], what: str
-) -> None:
-    """Raise :class:`CheckpointError` on missing or unexpected keys, or a tensor of the wrong shape."""
-    missing = set(expected) - set(tensors)
-    unexpected = set(tensors) - set(expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {_few(unexpected)}")
-        raise CheckpointError(f"{what} does not match its config: " + "; ".join(parts))
-    for key, shape in expected.items():
-        actual = tuple(tensors[key].shape)
-        if actual != tuple(shape):
-            raise CheckpointError(
-                f"{what}: tensor {key!r} has shape {list(actual)} but the config implies {list(shape)}"
-            )
 
 
 # --------------------------------------------------------------------------- config
@@ -404,8 +379,6 @@ def _size_value(value: Any, where: str) -> tuple[int | None, str | None]:
 
 
 def _preprocess_from_hf(folder: Path, config: CLIPConfig, notes: list[str]) -> dict[str, Any]:
-    from ..preprocess import PreprocessConfig
-
     n_model = config.vision.image_size
     path = folder / PREPROCESSOR_NAME
     if not path.is_file():
@@ -472,8 +445,6 @@ def _preprocess_from_hf(folder: Path, config: CLIPConfig, notes: list[str]) -> d
 
 
 def _preprocess_to_hf(preprocess: Mapping[str, Any] | None, image_size: int) -> dict[str, Any]:
-    from ..preprocess import PreprocessConfig
-
     try:
         pre = PreprocessConfig(image_size=image_size) if preprocess is None else PreprocessConfig.from_dict(preprocess)
     except (TypeError, ValueError) as exc:
@@ -566,36 +537,12 @@ def _weights_file(folder: Path) -> Path | None:
     return None
 
 
-def _load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of one ``.safetensors`` file or one ``.bin`` (loaded with ``weights_only=True``)."""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from exc
-    try:
-        # weights_only: tensors and plain containers only, never arbitrary pickled code.
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read {path} as a weights-only PyTorch file: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(data, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
-    ):
-        raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
-    return dict(data)
-
-
 def _load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     path = _weights_file(folder)
     if path is None:
         raise CheckpointError(f"{folder} has no weights file: expected one of {', '.join(WEIGHT_NAMES)}")
     if not path.name.endswith(".index.json"):
-        return _load_tensor_file(path), path.name
+        return load_tensors(path), path.name
 
     index = _read_json(path, path.name)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -609,7 +556,7 @@ def _load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
             raise CheckpointError(f"{path.name} names a shard outside the folder: {shard_name!r}")
         if not shard.is_file():
             raise CheckpointError(f"{path.name} names the shard {shard_name!r}, which is missing from {folder}")
-        for key, tensor in _load_tensor_file(shard).items():
+        for key, tensor in load_tensors(shard).items():
             if key in tensors:
                 raise CheckpointError(f"tensor {key!r} appears in more than one shard")
             tensors[key] = tensor
@@ -691,7 +638,7 @@ def read_huggingface(folder: str | os.PathLike[str]) -> LoadedCheckpoint:
     tensors = {k: v for k, v in tensors.items() if not k.endswith("embeddings.position_ids")}
 
     openai_shapes = _openai_shapes(config)
-    _check_keys_and_shapes(tensors, _hf_shapes(config, openai_shapes), f"{folder / weights_name}")
+    check_shapes(tensors, _hf_shapes(config, openai_shapes), f"{folder / weights_name}")
 
     dtypes = {t.dtype for t in tensors.values()}
     if dtypes != {torch.float32}:
@@ -707,7 +654,7 @@ def read_huggingface(folder: str | os.PathLike[str]) -> LoadedCheckpoint:
         else:
             tensor = tensors[hf_keys[0]]
         state_dict[openai_key] = tensor.to(torch.float32).contiguous()
-    _check_keys_and_shapes(state_dict, openai_shapes, "converted state dict")  # internal consistency
+    check_shapes(state_dict, openai_shapes, "converted state dict")  # internal consistency
 
     preprocess = _preprocess_from_hf(folder, config, notes)
     return LoadedCheckpoint(
@@ -743,7 +690,7 @@ def write_huggingface(
             "format instead"
         )
     tensors = {k: v for k, v in state_dict.items()}
-    _check_keys_and_shapes(tensors, _openai_shapes(config), "state dict")
+    check_shapes(tensors, _openai_shapes(config), "state dict")
     preprocessor = _preprocess_to_hf(preprocess, config.vision.image_size)
 
     hf: dict[str, torch.Tensor] = {}

@@ -7,6 +7,7 @@ OpenAI convention is used (64-wide heads, QuickGELU) and callers record that as 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -68,23 +69,33 @@ def infer_config(state_dict: dict[str, torch.Tensor], head_width: int = 64, quic
     return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text, quick_gelu=quick_gelu)
 
 
-def check_shapes(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
-    """Raise a :class:`CheckpointError` naming missing, unexpected or mis-shaped tensors."""
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
+def _few(keys: Iterable[str], n: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def check_shapes(
+    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor | Sequence[int]], source: str
+) -> None:
+    """Raise a :class:`CheckpointError` naming the missing and unexpected tensors, or the first tensor
+    (in name order) whose shape differs from ``expected`` (tensors or shapes)."""
+    missing = set(expected) - set(tensors)
+    unexpected = set(tensors) - set(expected)
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+        problems.append(f"missing {len(missing)} tensor(s): {_few(missing)}")
     if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
-    for key in sorted(set(expected) & set(state_dict)):
-        if tuple(state_dict[key].shape) != tuple(expected[key].shape):
-            problems.append(
-                f"{key} has shape {tuple(state_dict[key].shape)}, the architecture needs {tuple(expected[key].shape)}"
-            )
-            break
+        problems.append(f"unexpected {len(unexpected)} tensor(s): {_few(unexpected)}")
     if problems:
-        raise CheckpointError(f"{source} does not match its CLIP architecture: " + "; ".join(problems))
+        raise CheckpointError(f"{source} does not match its architecture: " + "; ".join(problems))
+    for key in sorted(expected):
+        want = expected[key]
+        want = tuple(want.shape) if isinstance(want, torch.Tensor) else tuple(want)
+        have = tuple(tensors[key].shape)
+        if have != want:
+            raise CheckpointError(
+                f"{source}: tensor {key!r} has shape {list(have)}, the architecture needs {list(want)}"
+            )
 
 
 def normalise_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

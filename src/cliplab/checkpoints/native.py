@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..model.configs import CLIPConfig
 from .base import CheckpointError, LoadedCheckpoint
 from .infer import normalise_state_dict
 from .openai import default_preprocess
+from .torchfiles import load_tensors
 
 CONFIG_FILE = "cliplab_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -36,12 +37,7 @@ def read_cliplab_folder(folder: Path) -> LoadedCheckpoint:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{folder} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
-    try:
-        state_dict = normalise_state_dict(load_file(str(weights)))
-    except CheckpointError:
-        raise
-    except Exception as error:
-        raise CheckpointError(f"{weights} is not a readable safetensors file ({error})") from error
+    state_dict = normalise_state_dict(load_tensors(weights))
     preprocess = meta.get("preprocess") or default_preprocess(config.vision.image_size)
     return LoadedCheckpoint(state_dict, config, "cliplab", preprocess, [], metadata=meta.get("metadata", {}))
 

@@ -7,12 +7,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..preprocess import PreprocessConfig
-from .base import CheckpointError, LoadedCheckpoint
+from .base import LoadedCheckpoint
 from .infer import infer_config, normalise_state_dict
-from .torchfiles import is_torchscript_archive, load_torch_file, read_torchscript_tensors
+from .torchfiles import is_torchscript_archive, load_tensors
 
 
 def default_preprocess(image_size: int) -> dict:
@@ -20,34 +19,11 @@ def default_preprocess(image_size: int) -> dict:
     return PreprocessConfig(image_size=image_size).to_dict()
 
 
-def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    """The state dict inside a loaded object: a bare dict of tensors, or a training checkpoint that
-    keeps one under ``state_dict``/``model``."""
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "module"):
-            if isinstance(obj.get(key), dict):
-                return obj[key]
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a CLIP state dict")
-
-
 def read_state_dict_file(path: Path, quick_gelu: bool | None = None) -> LoadedCheckpoint:
     """Read a single-file checkpoint: a TorchScript archive, a ``torch.save`` file or ``.safetensors``."""
     notes = []
-    if path.suffix == ".safetensors":
-        try:
-            raw = load_file(str(path))
-        except Exception as error:  # safetensors raises its own error types
-            raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from error
-        source = "state-dict"
-    elif is_torchscript_archive(path):
-        raw = read_torchscript_tensors(path)
-        source = "openai-torchscript"
-    else:
-        raw = _unwrap(load_torch_file(path), path)
-        source = "state-dict"
-    state_dict = normalise_state_dict(raw)
+    source = "openai-torchscript" if is_torchscript_archive(path) else "state-dict"
+    state_dict = normalise_state_dict(load_tensors(path))
 
     if quick_gelu is None:
         if source == "openai-torchscript":

@@ -1,4 +1,7 @@
-"""Read tensors out of PyTorch files without executing code from them.
+"""Read tensors out of weights files without executing code from them: the one loading path of every
+checkpoint reader (:func:`load_tensors`).
+
+* ``.safetensors`` files hold only tensors by design.
 
 * ``torch.save`` files (zip or legacy) go through ``torch.load(weights_only=True)``, which only
   rebuilds tensors and plain containers.
@@ -10,6 +13,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -56,8 +60,6 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tup
 
 class _TorchScriptUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, archive: zipfile.ZipFile, root: str, source: Path) -> None:
-        import io
-
         super().__init__(io.BytesIO(data))
         self._archive, self._root, self._source = archive, root, source
 
@@ -121,9 +123,39 @@ def load_torch_file(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"{path} holds Python objects other than tensors, so it was not unpickled (cliplab never runs "
-            f"code from a checkpoint). Re-save its state dict with torch.save(model.state_dict()) or as "
+            f"{path} holds Python objects other than tensors, so it was not unpickled (a weights-only load: "
+            f"cliplab never runs code from a checkpoint). Re-save its state dict with torch.save(model.state_dict()) or as "
             f"safetensors. Detail: {str(error).splitlines()[0]}"
         ) from error
     except Exception as error:  # torch.load surfaces malformed input as many different error types
         raise CheckpointError(f"{path} is not a readable PyTorch file ({type(error).__name__}: {error})") from error
+
+
+def _state_dict_inside(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded object: a bare dict of tensors, or a training checkpoint that
+    keeps one under ``state_dict``/``model``/``module``."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "module"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return dict(obj)
+    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of one weights file, on the CPU: ``.safetensors``, a TorchScript archive (OpenAI's
+    ``.pt``), or a ``torch.save`` file holding a state dict (bare, or under ``state_dict``/``model``/
+    ``module``). Nothing is unpickled but tensors; errors name the file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as error:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from error
+    if is_torchscript_archive(path):
+        return read_torchscript_tensors(path)
+    return _state_dict_inside(load_torch_file(path), path)

@@ -119,6 +119,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     clip = load_pipeline(args)
     if args.classifier:
         classifier = ZeroShotClassifier.load(args.classifier)
+        classifier.check_model(clip)
     else:
         labels = _labels(args)
         if len(labels) < 2:

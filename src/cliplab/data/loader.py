@@ -195,6 +195,42 @@ def _max_replacement_tries(batch_size: int) -> int:
     return max(1000, 10 * batch_size)
 
 
+_END = object()  # what a block's ``load`` returns past the end of a finite stream
+
+
+def _fill_block(load: Callable[[int, bool], Any], start: int, size: int) -> tuple[list[Sample], bool]:
+    """The samples of the stream positions ``[start, start + size)``, each unreadable one replaced by the
+    next readable sample *after* the block (positions ``start + size``, ...), so a block keeps its size.
+
+    ``load(position, count)`` returns a sample, ``None`` for an unreadable one (counted if ``count``:
+    replacements are not), or ``_END`` past the end of the stream. Returns ``(samples, ended)``.
+    """
+    samples: list[Sample] = []
+    failed, ended = 0, False
+    for position in range(start, start + size):
+        sample = load(position, True)
+        if sample is _END:
+            ended = True
+            break
+        if sample is None:
+            failed += 1
+        else:
+            samples.append(sample)
+    position, tries = start + size, 0
+    while failed:
+        tries += 1
+        if tries > _max_replacement_tries(size):
+            raise RuntimeError(f"more than {tries - 1} unreadable images in a row: check the data")
+        sample = load(position, False)
+        position += 1
+        if sample is _END:
+            break
+        if sample is not None:
+            samples.append(sample)
+            failed -= 1
+    return samples, ended
+
+
 # =========================================================================== map-style
 
 
@@ -314,26 +350,11 @@ class _PairBatches(Dataset):
         self.batch_size = batch_size
 
     def __getitem__(self, k: int) -> Sample:
-        B = self.batch_size
-        samples: list[Sample] = []
-        failed = 0
-        for q in range(k * B, (k + 1) * B):
-            sample = self.dataset.load(self.order.index_at(q))
-            if sample is None:
-                failed += 1
-            else:
-                samples.append(sample)
-        q = (k + 1) * B  # replacements: the next readable samples after this batch
-        tries = 0
-        while failed:
-            tries += 1
-            if tries > _max_replacement_tries(B):
-                raise RuntimeError(f"more than {tries - 1} unreadable images in a row: check the data")
-            sample = self.dataset.load(self.order.index_at(q), count=False)
-            q += 1
-            if sample is not None:
-                samples.append(sample)
-                failed -= 1
+        samples, _ = _fill_block(
+            lambda q, count: self.dataset.load(self.order.index_at(q), count=count),
+            k * self.batch_size,
+            self.batch_size,
+        )
         return _collate(samples)
 
 
@@ -668,41 +689,16 @@ class ShardStream(IterableDataset):
         # worker scans the same stream); counting[0] switches on at the resume point.
         counting = [worker == 0 and block == 0, worker == 0]
         cursor = _Cursor(self._rank_refs(block * B, counting), block * B)
+
+        def load(position: int, count: bool) -> Any:
+            ref = cursor.get(position)
+            return _END if ref is None else self._load_ref(ref, count=count)
+
         while True:
-            lo = block * B
-            cursor.advance_to(lo)
-            refs = []
-            for p in range(lo, lo + B):
-                ref = cursor.get(p)
-                if ref is None:
-                    break
-                refs.append(ref)
-            if not refs:
-                return
-            samples: list[Sample] = []
-            failed = 0
-            for ref in refs:
-                sample = self._load_ref(ref, count=True)
-                if sample is None:
-                    failed += 1
-                else:
-                    samples.append(sample)
-            p = lo + B
-            tries = 0
-            while failed:
-                tries += 1
-                if tries > _max_replacement_tries(B):
-                    raise RuntimeError(f"more than {tries - 1} unreadable images in a row: check the data")
-                ref = cursor.get(p)
-                p += 1
-                if ref is None:
-                    break
-                sample = self._load_ref(ref, count=False)
-                if sample is not None:
-                    samples.append(sample)
-                    failed -= 1
+            cursor.advance_to(block * B)
+            samples, ended = _fill_block(load, block * B, B)
             yield from samples
-            if len(refs) < B:
+            if ended:
                 return
             block += workers
 

@@ -8,7 +8,8 @@
 * :mod:`cliplab.index.distributed`: the Ray path for millions of images.
 """
 
-from .indexer import IndexReport, index_paths, model_identity
+from ..identity import model_identity
+from .indexer import IndexReport, index_paths
 from .search import Hit, Searcher
 from .store import ModelMismatchError, Store, StoreError, StoreLockedError
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .store import StoreError
+
 EXACT_LIMIT = 20_000
 TARGET_RECALL = 0.97
 # Tuning measures recall with queries like the stored vectors; queries from elsewhere (a text query
@@ -270,8 +272,6 @@ def refresh_indexes(store) -> dict[str, AnnParams]:
         try:
             index.save(path)
         except OSError as error:
-            from .store import StoreError
-
             path.with_suffix(".tmp.npz").unlink(missing_ok=True)
             raise StoreError(
                 f"cannot write the search index {path} ({error}); the store's items are intact and "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,27 +27,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..identity import model_identity
 from ..images import ImageLoadError, load_image
 from ..preprocess import Preprocessor
+from .ann import refresh_indexes
 from .scan import TEXT_KEY_PREFIX, FileEntry, Plan, find_images, make_plan, read_captions
-from .store import ModelIdentity, NewItem, Store
-
-
-def model_identity(pipeline) -> ModelIdentity:
-    """The model's name and a fingerprint of its weights and preprocessing (cached on the pipeline)."""
-    cached = getattr(pipeline, "_identity", None)
-    if cached is not None:
-        return cached
-    state = pipeline.checkpoint.state_dict if pipeline.checkpoint is not None else pipeline.model.state_dict()
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps(pipeline.preprocess.config.to_dict(), sort_keys=True).encode())
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu", torch.float32).contiguous()
-        digest.update(name.encode())
-        digest.update(tensor.numpy())  # the buffer itself: no copy
-    identity = ModelIdentity(pipeline.name or "unnamed", digest.hexdigest(), pipeline.embed_dim)
-    pipeline._identity = identity
-    return identity
+from .store import NewItem, Store
 
 
 @dataclass
@@ -174,8 +158,6 @@ def indexing_run(
     """The frame of every indexing run: open (or create) the store for writing, plan the run, remove
     deleted files and embed the texts; the caller embeds ``plan.to_embed``; on exit the totals are
     counted and the search indexes refreshed."""
-    from .ann import refresh_indexes
-
     started = time.perf_counter()
     identity = model_identity(pipeline)
     with Store.create(store_dir, identity, wait=wait) as store:

@@ -75,25 +75,42 @@ def _walk(root: Path) -> Iterable[Path]:
             yield Path(directory) / name
 
 
+#: Header names of the id and text columns of a captions CSV, in order of preference.
+CAPTION_ID_COLUMNS = ("id", "key", "image", "file", "filename", "path", "name")
+CAPTION_TEXT_COLUMNS = ("text", "caption", "title", "description")
+
+
 def read_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """``(id, text)`` pairs from a CSV (columns ``id,text``; a header row is recognised) or JSONL
-    (``{"id": ..., "text": ...}``; ``caption`` is accepted for ``text``). Blank texts are skipped."""
+    """``(id, text)`` pairs from a CSV or JSONL file. Blank texts are skipped.
+
+    CSV: with a header row naming a text column (``text``, ``caption``, ``title`` or ``description``)
+    the columns are taken by name (the id from ``id``, ``key``, ``image``, ``file``, ``filename``,
+    ``path`` or ``name``, else the row number); without one, the first column is the id and the rest
+    of the row the text. JSONL: ``{"id": ..., "text": ...}`` (``caption`` is accepted for ``text``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such captions file: {path}")
     pairs: list[tuple[str, str]] = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        records = read_jsonl(path)
-        for number, record in enumerate(records, start=1):
+        for number, record in enumerate(read_jsonl(path), start=1):
             text = record.get("text", record.get("caption"))
             if text is None:
                 raise ValueError(f"{path}:{number}: a caption record needs 'text' (or 'caption')")
             pairs.append((str(record.get("id", number)), str(text)))
+        return [(cid, text) for cid, text in pairs if text.strip()]
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    text_column = next((header.index(name) for name in CAPTION_TEXT_COLUMNS if name in header), None)
+    if text_column is not None:
+        id_column = next((header.index(name) for name in CAPTION_ID_COLUMNS if name in header), None)
+        for number, row in enumerate(rows[1:], start=1):
+            if len(row) <= max(text_column, id_column or 0):
+                raise ValueError(f"{path}: row {number + 1} has {len(row)} column(s); the header has {len(header)}")
+            # an unquoted comma in a last-column text splits it: join the rest of the row back
+            text = ",".join(row[text_column:]) if text_column == len(header) - 1 else row[text_column]
+            pairs.append((row[id_column] if id_column is not None else str(number), text))
     else:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-        if rows and [c.strip().lower() for c in rows[0][:2]] in (["id", "text"], ["id", "caption"]):
-            rows = rows[1:]
         for number, row in enumerate(rows, start=1):
             if len(row) < 2:
                 raise ValueError(f"{path}: row {number} has {len(row)} column(s); expected id,text")

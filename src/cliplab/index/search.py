@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..identity import model_identity
 from ..images import ImageInput
 from .ann import VectorIndex, ann_path, open_index, sync_with_store
 from .store import Item, Store
@@ -39,8 +40,6 @@ class Searcher:
     """
 
     def __init__(self, pipeline, store_dir: str | os.PathLike):
-        from .indexer import model_identity
-
         self.pipeline = pipeline
         self.store = Store(store_dir)
         self.store.check_model(model_identity(pipeline))

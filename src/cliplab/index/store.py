@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import sqlite3
 import time
@@ -26,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .. import identity
+from ..identity import ModelIdentity
 
 SCHEMA_VERSION = 1
 DATABASE = "store.sqlite"
@@ -65,25 +67,8 @@ class StoreLockedError(StoreError):
     """Another process is updating the store."""
 
 
-class ModelMismatchError(StoreError):
+class ModelMismatchError(StoreError, identity.ModelMismatchError):
     """The store was built with another model than the one given."""
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What a store records about its model: searching with another one is an error."""
-
-    name: str
-    fingerprint: str
-    embed_dim: int
-
-    def to_json(self) -> str:
-        return json.dumps({"name": self.name, "fingerprint": self.fingerprint, "embed_dim": self.embed_dim})
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelIdentity:
-        data = json.loads(text)
-        return cls(data["name"], data["fingerprint"], int(data["embed_dim"]))
 
 
 @dataclass(frozen=True)
