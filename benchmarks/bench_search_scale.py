@@ -29,7 +29,7 @@ import os
 # training four- to five-fold; passive waiting costs nothing when the machine is quiet.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
+import argparse
 import json
 import math
 import subprocess

@@ -24,10 +24,12 @@ their next refresh, and the previous generation is removed by the next build.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -45,8 +47,9 @@ TARGET_RECALL = 0.95  # recall@10 on the store's own vectors (leave-one-out)
 TARGET_RECALL_OTHER = 0.85  # ... and with the other kind's vectors as queries (texts for an image index)
 DRIFT_LIMIT = 0.1  # re-train when new vectors sit this much further from their centroids than the training set
 _NPROBES = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-_RERANKS = (2, 4, 8, 16, 32)  # candidates re-ranked per result wanted
+_RERANKS = (2, 4, 8, 16, 32, 64)  # candidates re-ranked per result wanted
 _TUNING_K = 10
+ADD_EF_SEARCH = 32  # HNSW depth when assigning added vectors to lists (most of a shard's build time)
 
 
 def choose_nlist(n: int) -> int:
@@ -58,8 +61,8 @@ def choose_nlist(n: int) -> int:
 
 
 def choose_m(dim: int) -> int:
-    """PQ bytes per vector in the lists: 16-d sub-vectors (32 for 512-d)."""
-    for m in (dim // 16, dim // 8, dim // 4, dim // 2, dim):
+    """PQ bytes per vector in the lists: 16-d sub-vectors from 256-d up (32 for 512-d), 8-d below."""
+    for m in ((dim // 16) if dim >= 256 else (dim // 8), dim // 4, dim // 2, dim):
         if m and dim % m == 0:
             return m
     return dim
@@ -95,7 +98,7 @@ def two_level_kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 10) -> n
     n, dim = x.shape
     if k <= 256 or n < 4 * k:
         return _kmeans(x, k, seed, niter)
-    k1 = int(round(math.sqrt(k)))
+    k1 = round(math.sqrt(k))
     top = faiss.Kmeans(dim, k1, niter=niter, seed=seed, spherical=True, max_points_per_centroid=n // k1 + 1)
     top.train(x)
     _, assign = top.index.search(x, 1)
@@ -245,7 +248,7 @@ class OnDiskBuild:
                 if on_chunk is not None:
                     on_chunk(ids, vectors)
                 shard = faiss.deserialize_index(template)
-                set_ef_search(shard, 64)
+                set_ef_search(shard, ADD_EF_SEARCH)
                 shard.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
                 atomic_write_bytes(path, faiss.serialize_index(shard).tobytes())
                 del shard
@@ -269,25 +272,56 @@ class OnDiskBuild:
         return out / "index"
 
 
-def merge_ondisk(trained: faiss.Index, shard_paths: list[Path], ivfdata: Path, index_path: Path) -> None:
-    """FAISS's on-disk merge: the shards' inverted lists (memory-mapped, never all in RAM) copied
-    list by list into one ``OnDiskInvertedLists`` file, then the index that points to it written."""
-    from faiss.contrib.ondisk import merge_ondisk as faiss_merge_ondisk
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """FAISS's on-disk lists print progress with printf; keep it off stdout (``--json`` output)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
-    faiss_merge_ondisk(trained, [str(p) for p in shard_paths], str(ivfdata))
-    faiss.write_index(trained, str(index_path))
+
+def merge_ondisk(trained: faiss.Index, shard_paths: list[Path], ivfdata: Path, index_path: Path) -> None:
+    """The on-disk merge: the shards' inverted lists (memory-mapped, never all in RAM) copied list by
+    list into one ``OnDiskInvertedLists`` file, then the index that points to it written. A shard may
+    itself be a merged index (a fold adds the new items to the current generation this way)."""
+    shards = []
+    with _stdout_to_stderr():
+        for path in shard_paths:
+            # a merged index maps its own lists; a shard's in-RAM lists are memory-mapped by the reader
+            merged = (Path(path).parent / "lists.ivfdata").is_file()
+            shard = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR if merged else faiss.IO_FLAG_MMAP)
+            ivf = faiss.extract_index_ivf(shard)
+            shards.append((shard, ivf.invlists))
+        output = faiss.extract_index_ivf(trained)
+        if trained.ntotal:
+            raise ValueError("merge_ondisk needs an empty trained index")
+        lists = faiss.OnDiskInvertedLists(output.nlist, output.code_size, str(ivfdata))
+        pointers = faiss.InvertedListsPtrVector()
+        for _, invlists in shards:
+            pointers.push_back(invlists)
+        total = lists.merge_from_multiple(pointers.data(), pointers.size(), False)
+        trained.ntotal = output.ntotal = total
+        output.replace_invlists(lists, True)
+        lists.this.disown()
+        faiss.write_index(trained, str(index_path))
     with open(ivfdata, "rb+") as handle:
         os.fsync(handle.fileno())
 
 
 def read_merged(index_path: str | os.PathLike) -> faiss.Index:
     """A merged index with its lists memory-mapped from ``lists.ivfdata`` in the same folder."""
-    return faiss.read_index(str(index_path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    with _stdout_to_stderr():
+        return faiss.read_index(str(index_path), faiss.IO_FLAG_ONDISK_SAME_DIR)
 
 
 def in_ram_index(trained: faiss.Index, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> faiss.Index:
     """The same index built in RAM (for comparison with a merged one)."""
-    set_ef_search(trained, 64)
+    set_ef_search(trained, ADD_EF_SEARCH)
     for ids, vectors in chunks:
         trained.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
     return trained
@@ -466,14 +500,12 @@ def tune(index: CompressedIndex, sets: list[TuningSet], k: int = _TUNING_K) -> t
     no pair reaches the targets, the pair with the best worst-case recall is returned."""
     n = max(int(index.index.ntotal), 1) if index.index is not None else 1
     per_list = n / max(index.params.nlist, 1)
-    best = None  # (cost, nprobe, rerank, recalls)
-    fallback = None  # (worst margin, nprobe, rerank, recalls)
+    tried = []  # (cost, margin, nprobe, rerank, recalls)
     extra = 1 if any(s.own is not None for s in sets) else 0
     for nprobe in _NPROBES:
         if nprobe > index.params.nlist and nprobe != _NPROBES[0]:
             break
         found = [index.candidates(s.queries, _RERANKS[-1] * k + extra, nprobe) for s in sets]
-        reached_small = False
         for rerank in _RERANKS:
             recalls = []
             for s, candidates in zip(sets, found):
@@ -481,15 +513,16 @@ def tune(index: CompressedIndex, sets: list[TuningSet], k: int = _TUNING_K) -> t
                 recalls.append(recall(ids, s.truth, s.own, k))
             margin = min(r - s.target for r, s in zip(recalls, sets))
             cost = nprobe * per_list * index.params.m + rerank * k * 64 * index.params.m
-            if margin >= 0 and (best is None or cost < best[0]):
-                best = (cost, nprobe, rerank, recalls)
-                reached_small = reached_small or rerank == _RERANKS[0]
-            if fallback is None or margin > fallback[0]:
-                fallback = (margin, nprobe, rerank, recalls)
-        if best is not None and (reached_small or nprobe * per_list * index.params.m > best[0]):
-            break
-    chosen = best[1:] if best is not None else fallback[1:]
-    return int(chosen[0]), int(chosen[1]), [round(float(r), 4) for r in chosen[2]]
+            tried.append((cost, margin, nprobe, rerank, recalls))
+        reached = [t for t in tried if t[1] >= 0]
+        if reached and nprobe * per_list * index.params.m > min(reached)[0]:
+            break  # every larger nprobe costs more than a pair that already reaches the targets
+    reached = [t for t in tried if t[1] >= 0]
+    if not reached:  # the codes cap the recall: the cheapest pair within 0.005 of the best one
+        best = max(t[1] for t in tried)
+        reached = [t for t in tried if t[1] >= best - 0.005]
+    _, _, nprobe, rerank, recalls = min(reached, key=lambda t: t[0])
+    return int(nprobe), int(rerank), [round(float(r), 4) for r in recalls]
 
 
 # -- generations in a store ------------------------------------------------------------------------

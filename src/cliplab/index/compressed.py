@@ -117,7 +117,7 @@ def build_compressed(
     build = _build_folder(store, kind)
     info = build.info()
     created = store.meta("created") or ""
-    if info.get("store_created") != created or "bounds" not in info:
+    if info.get("store_created") != created or "bounds" not in info or info.get("published"):
         shutil.rmtree(build.folder, ignore_errors=True)
         build = _build_folder(store, kind)
         ids = store.ids(kind)
@@ -172,6 +172,7 @@ def build_compressed(
     )
     _tune(store, kind, other_kind, params, out)
     od.publish(store.root, params)
+    build.save_info({**build.info(), "published": True})  # its trained index stays, for folds
     shutil.rmtree(build.folder / "shards", ignore_errors=True)
     return params
 
@@ -182,7 +183,7 @@ def _fold(store, kind: str, current: CompressedIndex, progress: bool) -> Compres
     params = CompressedParams(**asdict(current.params))
     ids, vectors = current.delta_ids, current.delta_vectors
     shard = faiss.deserialize_index(faiss.serialize_index(build.trained()))
-    od.set_ef_search(shard, 64)
+    od.set_ef_search(shard, od.ADD_EF_SEARCH)
     shard.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
     delta_path = build.folder / "shards" / f"delta-{params.generation + 1:06d}.index"
     delta_path.parent.mkdir(parents=True, exist_ok=True)

@@ -319,20 +319,45 @@ class Store:
         rows = self._db.execute("SELECT id FROM items WHERE id > ? AND kind = ? ORDER BY id", (after_id, kind))
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
+    def has_sqlite_vectors(self) -> bool:
+        """Whether any vector is still a float32 blob in SQLite (all of them in the ``sqlite`` layout; in
+        the ``codes`` layout, those a conversion that was interrupted has not moved yet)."""
+        return self._db.execute("SELECT 1 FROM items WHERE length(vector) > 0 LIMIT 1").fetchone() is not None
+
     def max_id(self) -> int:
         return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0]
 
+    def _has_removals_log(self) -> bool:
+        row = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'removals'").fetchone()
+        return row is not None
+
+    def ensure_removals_log(self) -> None:
+        """Start logging removals (the ``codes`` layout always does; a Milvus mirror needs it too). Older
+        cliplab versions still read and write a store that has it."""
+        self._require_writer()
+        if not self._has_removals_log():
+            with self._write_errors():
+                for statement in _CODES_SCHEMA:
+                    self._db.execute(statement)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._require_writer()
+        with self._write_errors():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     def removal_seq(self) -> int:
-        """The position of the removals log (0 in the ``sqlite`` layout, which keeps none)."""
-        if self.layout != "codes":
+        """The position of the removals log (0 without one)."""
+        if not self._has_removals_log():
             return 0
         return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM removals").fetchone()[0]
 
     def removals(self, kind: str, after_seq: int) -> tuple[np.ndarray, int]:
         """Ids of one kind removed since log position ``after_seq``, and the log's position now."""
-        if self.layout != "codes":
+        if not self._has_removals_log():
             return np.empty(0, np.int64), 0
-        rows = self._db.execute("SELECT seq, id, kind FROM removals WHERE seq > ? ORDER BY seq", (after_seq,)).fetchall()
+        rows = self._db.execute(
+            "SELECT seq, id, kind FROM removals WHERE seq > ? ORDER BY seq", (after_seq,)
+        ).fetchall()
         ids = np.fromiter((r[1] for r in rows if r[2] == kind), dtype=np.int64)
         return ids, (rows[-1][0] if rows else after_seq)
 

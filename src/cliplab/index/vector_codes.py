@@ -28,11 +28,14 @@ from ..files import atomic_write_bytes
 FOLDER = "vectors"
 CODEC_FILE = "codec.faiss"
 CODES_FILE = "codes.u8"
-DEFAULT_CODEC = "SQ4"
+DEFAULT_CODEC = "SQ8"
 CODECS = ("SQ4", "SQ6", "SQ8")
 # 4-bit ranges clipped at mean ± 2.5 sd: on clustered 512-d data the inner-product error is 0.0038
 # against 0.0054 with the min-max range (re-ranking recall@10 0.90 against 0.85).
 _SQ_RANGES = {"SQ4": 2.5}
+# 6 and 8 bits: the min-max range of the sample widened by 2 % on each side, so that vectors that drift
+# a little past the sample are not clipped (a wider margin costs re-ranking precision on dense data).
+_SQ_MARGIN = {"SQ6": 0.02, "SQ8": 0.02}
 
 
 class VectorCodes:
@@ -64,6 +67,8 @@ class VectorCodes:
         if name in _SQ_RANGES:
             codec.sq.rangestat = faiss.ScalarQuantizer.RS_meanstd
             codec.sq.rangestat_arg = _SQ_RANGES[name]
+        elif name in _SQ_MARGIN:
+            codec.sq.rangestat_arg = _SQ_MARGIN[name]
         codec.train(sample)
         folder = Path(store_root) / folder
         folder.mkdir(parents=True, exist_ok=True)
