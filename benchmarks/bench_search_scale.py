@@ -238,12 +238,22 @@ def drop_from_cache(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def memory() -> dict:
+def memory(mapped: tuple[str, ...] = ()) -> dict:
+    """VmRSS, VmHWM, RssAnon, RssFile of this process, and the resident bytes of each mapped file
+    whose name ends with one of ``mapped`` (from /proc/self/smaps)."""
     fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             fields[key] = int(value.split()[0]) * 1024
+    current = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and len(parts) >= 5:
+            name = parts[5] if len(parts) > 5 else ""
+            current = next((m for m in mapped if name.endswith(m)), None)
+        elif current and line.startswith("Rss:"):
+            fields[current] = fields.get(current, 0) + int(parts[1]) * 1024
     return fields
 
 
@@ -284,7 +294,7 @@ def measure_one(args, data: Data, n: int, codec: str) -> dict:
         result[f"p50_{name}_ms"] = round(float(np.percentile(ms, 50)), 3)
         result[f"p99_{name}_ms"] = round(float(np.percentile(ms, 99)), 3)
     ms = np.concatenate(all_ms)
-    mem = memory()
+    mem = memory(("lists.ivfdata", "codes.u8"))
     disk = _du(merged) + n * index.codes.width + (root / f"vectors-{codec}" / "codec.faiss").stat().st_size
     steps = Clock(od.OnDiskBuild(root / "build")).steps()
     wall, cpu = build_seconds(steps, n, codec)
@@ -298,6 +308,18 @@ def measure_one(args, data: Data, n: int, codec: str) -> dict:
             "rss_bytes": mem["VmRSS"],
             "rss_anon_bytes": mem["RssAnon"],
             "rss_file_bytes": mem["RssFile"],
+            "rss_lists_bytes": mem.get("lists.ivfdata", 0),
+            "rss_codes_bytes": mem.get("codes.u8", 0),
+            "queries_run": int(len(cold_queries) + 2 * sum(len(data.queries[n]) for n in ("image", "text"))),
+            "shards_wall_s": round(
+                sum(
+                    v["wall_s"]
+                    for k, v in steps.items()
+                    if k.startswith("shard-") and int(k[6:]) < math.ceil(n / CHUNK)
+                ),
+                1,
+            ),
+            "train_wall_s": steps.get("train", {}).get("wall_s", 0.0),
             "rss_before_open_bytes": base["VmRSS"],
             "disk_bytes": disk,
             "disk_bytes_per_vector": round(disk / n, 1),
@@ -320,35 +342,52 @@ def line(r: dict) -> str:
     )
 
 
+def quantizer_bytes(nlist: int) -> int:
+    """The coarse centroids and their HNSW graph (32 links a level-0 node, 4-byte ids)."""
+    return nlist * (DIM * 4 + 2 * 32 * 4 + 16)
+
+
 def extrapolate(results: list[dict], target: int) -> dict:
-    """Per-vector slopes between the two largest measured sizes (or through the origin with one)."""
-    a, b = (results[-2], results[-1]) if len(results) > 1 else (None, results[-1])
+    """From the largest measured size (and the slope between the two largest, for anonymous memory):
 
-    def fit(key: str) -> tuple[float, float]:
-        if a is None:
-            return b[key] / b["vectors"], 0.0
-        slope = (b[key] - a[key]) / (b["vectors"] - a["vectors"])
-        return slope, b[key] - slope * b["vectors"]
-
+    * anonymous memory: measured slope per vector (Python, the removed-id set, ...) plus the
+      quantizer at the target's ``nlist`` in place of the measured one;
+    * mapped lists: all of ``lists.ivfdata`` resident (the worst case, every list probed);
+    * mapped codes: as measured (it grows with the queries served, not with the vectors: each
+      query touches ``rerank x k`` pages; the kernel reclaims them under memory pressure);
+    * disk: the measured bytes per vector of the lists and the codes, plus the quantizer;
+    * build: shards and merge per vector as measured, training in proportion to ``nlist`` (its
+      sample is 32 vectors a list);
+    * latency: the list scan grows with the vectors per list at the same ``nprobe``."""
+    b = results[-1]
+    a = results[-2] if len(results) > 1 else None
     nlist = od.choose_nlist(target)
-    quantizer = nlist * (DIM * 4 + 32 * 2 * 4 + 16)  # centroids + HNSW links, per list
-    measured_quantizer = b["nlist"] * (DIM * 4 + 32 * 2 * 4 + 16)
-    out = {"vectors": target, "nlist": nlist}
-    for key in ("rss_anon_bytes", "rss_file_bytes", "disk_bytes"):
-        slope, _ = fit(key)
-        fixed = b[key] - slope * b["vectors"]
-        out[key] = int(max(slope, 0) * target + max(fixed, 0) + quantizer - measured_quantizer)
-    out["rss_bytes"] = out["rss_anon_bytes"] + out["rss_file_bytes"]
-    out["disk_bytes_per_vector"] = round(out["disk_bytes"] / target, 1)
-    per_vector_s = b["build_wall_s"] / b["vectors"]
-    out["build_wall_s"] = round(per_vector_s * target)
-    out["build_vectors_per_s"] = round(1 / per_vector_s)
-    # Latency: the scan grows with the vectors per list at the same nprobe; the re-ranking does not.
+    anon_slope = (b["rss_anon_bytes"] - a["rss_anon_bytes"]) / (b["vectors"] - a["vectors"]) if a else 0.0
+    anon = b["rss_anon_bytes"] + max(anon_slope, 0.0) * (target - b["vectors"])
+    anon += quantizer_bytes(nlist) - quantizer_bytes(b["nlist"])
+    lists = b["lists_bytes"] / b["vectors"] * target
+    codes_resident = b["rss_codes_bytes"]
+    width = (b["disk_bytes"] - b["lists_bytes"] - b["index_file_bytes"]) / b["vectors"]
+    disk = (b["lists_bytes"] / b["vectors"] + width) * target + b["index_file_bytes"] - quantizer_bytes(b["nlist"])
+    disk += quantizer_bytes(nlist)
+    per_vector_s = (b["build_wall_s"] - b["train_wall_s"]) / b["vectors"]
+    build_s = per_vector_s * target + b["train_wall_s"] * nlist / b["nlist"]
     growth = (target / nlist) / (b["vectors"] / b["nlist"])
-    out["scan_growth"] = round(growth, 2)
-    out["p50_ms_estimate"] = round(b["p50_ms"] * growth, 2)
-    out["p99_ms_estimate"] = round(b["p99_ms"] * growth, 2)
-    return out
+    return {
+        "vectors": target,
+        "nlist": nlist,
+        "rss_anon_bytes": int(anon),
+        "rss_lists_bytes": int(lists),
+        "rss_codes_bytes": int(codes_resident),
+        "rss_bytes": int(anon + lists + codes_resident),
+        "disk_bytes_per_vector": round(disk / target, 1),
+        "build_wall_s": round(build_s),
+        "build_vectors_per_s": round(target / build_s),
+        "largest_chunk_s": round(per_vector_s * CHUNK),
+        "scan_growth": round(growth, 2),
+        "p50_ms_estimate": round(b["p50_ms"] * growth, 2),
+        "p99_ms_estimate": round(b["p99_ms"] * growth, 2),
+    }
 
 
 def measure_phase(args) -> list[dict]:
@@ -371,11 +410,12 @@ def _extrapolations(results: list[dict], codec: str) -> list[dict]:
     for target in (100_000_000, 1_000_000_000):
         e = extrapolate(results, target)
         print(
-            f"codes {codec}: extrapolated {target}: rss {e['rss_bytes'] / 2**30:.2f} GB (anon {e['rss_anon_bytes'] / 2**30:.2f}, "
-            f"mapped lists and codes {e['rss_file_bytes'] / 2**30:.2f}) disk {e['disk_bytes_per_vector']:.0f} "
-            f"bytes/vector build {e['build_wall_s'] / 3600:.1f} h at {e['build_vectors_per_s']} vectors/s "
-            f"(nlist {e['nlist']}; scan x{e['scan_growth']} at the same nprobe: p50 ~{e['p50_ms_estimate']} ms, "
-            f"p99 ~{e['p99_ms_estimate']} ms)"
+            f"codes {codec}: extrapolated {target}: rss {e['rss_bytes'] / 2**30:.2f} GB (anonymous "
+            f"{e['rss_anon_bytes'] / 2**30:.2f}, every list mapped {e['rss_lists_bytes'] / 2**30:.2f}, codes pages "
+            f"touched {e['rss_codes_bytes'] / 2**30:.2f}) disk {e['disk_bytes_per_vector']:.0f} bytes/vector "
+            f"build {e['build_wall_s'] / 3600:.1f} h at {e['build_vectors_per_s']} vectors/s in chunks of "
+            f"{e['largest_chunk_s'] / 60:.0f} min (nlist {e['nlist']}; list scan x{e['scan_growth']} at the same "
+            f"nprobe: p50 ~{e['p50_ms_estimate']} ms, p99 ~{e['p99_ms_estimate']} ms)"
         )
         out.append({"extrapolated": True, "codec": codec, **e})
     return out
