@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -127,7 +128,7 @@ def _kmeans(x: np.ndarray, k: int, seed: int, niter: int) -> np.ndarray:
         return _unit(x.mean(0, keepdims=True))
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, min_points_per_centroid=1)
     km.train(np.ascontiguousarray(x, np.float32))
-    return km.centroids
+    return np.asarray(km.centroids, np.float32)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -145,7 +146,7 @@ def train_index(sample: np.ndarray, nlist: int, m: int, seed: int = 0) -> tuple[
     started = time.perf_counter()
     # OPQ's inner k-means runs on 16-d sub-vectors, where FAISS's matrix products are slow: a 32k
     # sample and 8 iterations (the rotation changes little after that) keep it to about half a minute.
-    opq = faiss.OPQMatrix(dim, m)
+    opq: Any = faiss.OPQMatrix(dim, m)
     opq.niter = 8
     opq.niter_pq_0 = 8
     opq.max_train_points = 16_384
@@ -159,11 +160,11 @@ def train_index(sample: np.ndarray, nlist: int, m: int, seed: int = 0) -> tuple[
     timings["kmeans_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    quantizer: Any = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
     quantizer.hnsw.efConstruction = 40
     quantizer.add(centroids)
     quantizer.hnsw.efSearch = 64
-    ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    ivf: Any = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
     ivf.own_fields = True
     quantizer.this.disown()
     ivf.pq.cp.seed = seed
@@ -181,14 +182,16 @@ def train_index(sample: np.ndarray, nlist: int, m: int, seed: int = 0) -> tuple[
 
 def set_ef_search(index: faiss.Index, ef: int) -> None:
     """The HNSW quantizer's search depth used while adding (how well vectors find their list)."""
-    faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = ef
+    quantizer: Any = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    quantizer.hnsw.efSearch = ef
 
 
 def coarse_similarity(index: faiss.Index, vectors: np.ndarray) -> float:
     """Mean similarity of ``vectors`` to their nearest coarse centroid (lower than at training: drift)."""
     if not len(vectors):
         return 0.0
-    rotated = index.chain.at(0).apply(np.ascontiguousarray(vectors, np.float32))
+    transform: Any = index
+    rotated = transform.chain.at(0).apply(np.ascontiguousarray(vectors, np.float32))
     similarity, _ = faiss.extract_index_ivf(index).quantizer.search(rotated, 1)
     return float(similarity.mean())
 
@@ -300,8 +303,8 @@ def merge_ondisk(trained: faiss.Index, shard_paths: list[Path], ivfdata: Path, i
         output = faiss.extract_index_ivf(trained)
         if trained.ntotal:
             raise ValueError("merge_ondisk needs an empty trained index")
-        lists = faiss.OnDiskInvertedLists(output.nlist, output.code_size, str(ivfdata))
-        pointers = faiss.InvertedListsPtrVector()
+        lists: Any = faiss.OnDiskInvertedLists(output.nlist, output.code_size, str(ivfdata))
+        pointers = faiss.InvertedListsPtrVector()  # type: ignore[attr-defined]
         for _, invlists in shards:
             pointers.push_back(invlists)
         total = lists.merge_from_multiple(pointers.data(), pointers.size(), False)
@@ -348,7 +351,9 @@ class CompressedIndex:
         self.delta_ids = np.empty(0, np.int64) if delta_ids is None else np.asarray(delta_ids, np.int64)
         self.delta_vectors = np.empty((0, dim), np.float32) if delta_vectors is None else delta_vectors
         self.removed = np.empty(0, np.int64)
-        self._selector = None
+        self.seen_seq = params.removal_seq  # the store's removals log read up to here
+        self.delta_max = params.built_max_id  # the items above the build read up to this id
+        self._selector: tuple | None = None
         self.set_removed(np.empty(0, np.int64) if removed is None else removed)
 
     def __len__(self) -> int:
@@ -375,7 +380,7 @@ class CompressedIndex:
             self.delta_ids, self.delta_vectors = self.delta_ids[keep], self.delta_vectors[keep]
 
     def _search_params(self, nprobe: int):
-        quantizer = faiss.SearchParametersHNSW()
+        quantizer = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
         quantizer.efSearch = max(self.params.ef_search, 2 * nprobe)
         ivf = faiss.SearchParametersIVF()
         ivf.nprobe = min(nprobe, self.params.nlist)
@@ -472,7 +477,7 @@ def exact_top(
 def recall(found: np.ndarray, truth: np.ndarray, own: np.ndarray | None = None, k: int = _TUNING_K) -> float:
     """Mean fraction of each row's ``k`` true neighbours found among its first ``k`` results; with
     ``own``, each query's own id is dropped from both first (leave-one-out)."""
-    hits = 0
+    hits = 0.0
     for i, (f, t) in enumerate(zip(found, truth)):
         if own is not None:
             f, t = f[f != own[i]], t[t != own[i]]

@@ -48,8 +48,6 @@ def open_compressed(store, kind: str) -> CompressedIndex | None:
     except RuntimeError:
         return None
     result = CompressedIndex(index, params, store.codes)
-    result.seen_seq = params.removal_seq
-    result.delta_max = params.built_max_id
     sync_compressed(result, store, kind)
     return result
 
@@ -78,9 +76,8 @@ def sync_compressed(index: CompressedIndex, store, kind: str) -> None:
 def refresh_compressed(store, kind: str, other_kind: str, progress: bool = False) -> CompressedParams:
     """Bring ``kind``'s compressed index up to date: nothing, a fold of the new items, or a full build."""
     params = od.read_current(store.root, kind)
-    valid = params is not None and params.store_created == (store.meta("created") or "")
     count = store.count(kind)
-    if valid:
+    if params is not None and params.store_created == (store.meta("created") or ""):
         current = open_compressed(store, kind)
         if current is not None:
             removed = len(current.removed)
@@ -99,7 +96,7 @@ def refresh_compressed(store, kind: str, other_kind: str, progress: bool = False
 
 def _drift(store, current: CompressedIndex) -> float:
     """How much further from their centroids the items added since the build sit (0: as far)."""
-    if len(current.delta_ids) < 1000 or not current.params.coarse_similarity:
+    if len(current.delta_ids) < 1000 or not current.params.coarse_similarity or current.index is None:
         return 0.0
     similarity = od.coarse_similarity(current.index, current.delta_vectors[:20_000])
     return max(0.0, 1.0 - similarity / current.params.coarse_similarity)

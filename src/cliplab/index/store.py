@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -166,7 +167,7 @@ class Store:
                 f"{CODES_SCHEMA_VERSION}"
             )
         self.model = ModelIdentity.from_json(self.meta("model"))
-        self._codes = None
+        self._codes: Any = None
 
     @property
     def layout(self) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -43,7 +44,7 @@ class VectorCodes:
 
     def __init__(self, store_root: str | os.PathLike, folder: str = FOLDER):
         self.folder = Path(store_root) / folder
-        self.codec = faiss.read_index(str(self.folder / CODEC_FILE))
+        self.codec: Any = faiss.read_index(str(self.folder / CODEC_FILE))
         self.dim = self.codec.d
         self.width = self.codec.sa_code_size()
         self.path = self.folder / CODES_FILE
@@ -63,17 +64,17 @@ class VectorCodes:
         (atomically) for the store at ``store_root``."""
         sample = np.ascontiguousarray(sample, np.float32)
         name = codec_name or DEFAULT_CODEC
-        codec = faiss.index_factory(sample.shape[1], name, faiss.METRIC_INNER_PRODUCT)
+        codec: Any = faiss.index_factory(sample.shape[1], name, faiss.METRIC_INNER_PRODUCT)
         if name in _SQ_RANGES:
             codec.sq.rangestat = faiss.ScalarQuantizer.RS_meanstd
             codec.sq.rangestat_arg = _SQ_RANGES[name]
         elif name in _SQ_MARGIN:
             codec.sq.rangestat_arg = _SQ_MARGIN[name]
         codec.train(sample)
-        folder = Path(store_root) / folder
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / CODEC_FILE, faiss.serialize_index(codec).tobytes())
-        return cls(store_root, folder.name)
+        target = Path(store_root) / folder
+        target.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target / CODEC_FILE, faiss.serialize_index(codec).tobytes())
+        return cls(store_root, folder)
 
     def close(self) -> None:
         self._map = None

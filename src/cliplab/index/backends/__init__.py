@@ -7,13 +7,13 @@ A backend has a ``store`` (items by id, the model, ``stats()``: what the service
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 
 class Backend(Protocol):
-    store: object
+    store: Any  # a Store, or a MilvusStore with the same reading methods
 
     def refresh(self) -> None: ...
 
@@ -35,4 +35,4 @@ def open_backend(target: str | os.PathLike | object) -> Backend:
         return MilvusBackend(target)
     from .local import LocalBackend
 
-    return LocalBackend(target)
+    return LocalBackend(target)  # type: ignore[arg-type]

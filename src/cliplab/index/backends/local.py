@@ -43,7 +43,7 @@ class LocalBackend:
         self.store.close()
 
     def _saved_index_times(self) -> tuple:
-        times = []
+        times: list[int | None] = []
         for kind in KINDS:
             for path in (ann.ann_path(self.store.root, kind), ann_ondisk.current_path(self.store.root, kind)):
                 try:
