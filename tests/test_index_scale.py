@@ -242,8 +242,10 @@ def test_kill_9_during_conversion_build_or_update_leaves_a_store_that_opens_and_
         lambda: (root / "vectors" / "codes.u8").is_file() and (root / "vectors" / "codes.u8").stat().st_size > 0,
         lambda: shards.is_dir() and len(list(shards.glob("shard-*.index"))) >= 2,
     ]
-    for when in kills:
+    for number, when in enumerate(kills):
         assert _run_and_kill(_KILLED_BUILD, root, when), "the build ended before it could be killed"
+        if number == 1:
+            assert 2 <= len(list(shards.glob("shard-*.index"))) < 10  # killed between shards of 3,000
         answers(0.9)  # searched exactly (or by the index of the last finished build) meanwhile
     trained = ann_ondisk.kind_folder(root, "image") / "build" / "trained.index"
     trained_at = trained.stat().st_mtime_ns

@@ -107,10 +107,11 @@ def _build_folder(store, kind: str) -> od.OnDiskBuild:
 
 
 def build_compressed(
-    store, kind: str, other_kind: str | None, progress: bool = False, shard_rows: int = od.SHARD_ROWS
+    store, kind: str, other_kind: str | None, progress: bool = False, shard_rows: int | None = None
 ) -> CompressedParams:
     """Train, add in shards, merge, tune and publish a new generation of ``kind``'s index. Resumes a
     build of the same snapshot that a previous run left unfinished."""
+    shard_rows = shard_rows or od.SHARD_ROWS
     build = _build_folder(store, kind)
     info = build.info()
     created = store.meta("created") or ""

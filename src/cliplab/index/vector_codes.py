@@ -2,11 +2,9 @@
 
 At a hundred million items, float32 vectors in SQLite (2 KB each for 512-d) would outgrow any disk
 budget. A store past :data:`cliplab.index.ann_ondisk.COMPRESSED_LIMIT` items keeps its vectors as
-codes of a trained FAISS codec instead (by default ``PQ256``: 256 bytes for 512-d, 2-d sub-vectors of
-``SQ4``: 4 bits a dimension, 256 bytes for 512-d, the range of each dimension its mean ± 2.5
-standard deviations; ``SQ6`` and ``SQ8`` (384 and 512 bytes) give finer re-ranking), in
-``vectors/codes.u8``: row ``id`` of the file is the code
-of item ``id``, so no id map is needed. The same codes re-rank the compressed index's candidates and
+codes of a trained FAISS codec instead (by default ``SQ8``: a byte a dimension, 512 bytes for 512-d,
+cosine to the original above 0.999; ``SQ6`` and ``SQ4``: 384 and 256 bytes, coarser re-ranking), in
+``vectors/codes.u8``: row ``id`` of the file is the code of item ``id``, so no id map is needed. The same codes re-rank the compressed index's candidates and
 rebuild it when the data drifts.
 
 Crash safety: a code is written (``pwrite`` + ``fsync``) inside the SQLite transaction that inserts its
