@@ -144,6 +144,7 @@ def test_merged_on_disk_index_equals_an_in_ram_build(tmp_path, data):
     np.testing.assert_array_equal(merged.search(queries, 10)[1], in_ram.search(queries, 10)[1])
 
 
+@pytest.mark.slow
 def test_additions_are_found_at_once_removals_never_and_the_writer_folds_and_retrains(tmp_path, data, monkeypatch):
     clusters, images, _texts = data
     root = tmp_path / "store"
