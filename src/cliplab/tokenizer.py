@@ -46,11 +46,14 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ftfy
 import numpy as np
 import regex
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
@@ -131,7 +134,7 @@ def _read_merges(vocab_path: str | os.PathLike) -> list[tuple[str, str]]:
 
 def _as_int_list(ids: Iterable[int] | torch.Tensor | np.ndarray) -> list[int]:
     """One sequence of ids as a list; a [1, L] batch counts as one sequence."""
-    if isinstance(ids, torch.Tensor):
+    if hasattr(ids, "detach"):  # a torch tensor
         ids = ids.detach().cpu().numpy()
     if isinstance(ids, np.ndarray):
         if ids.ndim == 2 and ids.shape[0] == 1:
@@ -403,6 +406,8 @@ class Tokenizer:
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         """Tokenise one string or a batch into a ``[N, context_length]`` LongTensor (see
         :meth:`encode_batch`; its ``attention_mask`` marks the positions up to each ``eot``)."""
+        import torch  # the tokenizer itself needs only numpy: text queries are tokenised without torch
+
         return torch.from_numpy(self.encode_batch(texts, context_length).ids)
 
     # ------------------------------------------------------------------ decoding
@@ -470,7 +475,7 @@ class Tokenizer:
         self, ids: torch.Tensor | np.ndarray | Sequence[Sequence[int]], skip_special_tokens: bool = True
     ) -> list[str]:
         """:meth:`decode` applied to every row of an ``[N, L]`` batch."""
-        if isinstance(ids, torch.Tensor):
+        if hasattr(ids, "detach"):  # a torch tensor
             ids = ids.detach().cpu().numpy()
         return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in ids]
 

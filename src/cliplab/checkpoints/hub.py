@@ -25,6 +25,15 @@ OPEN_CLIP_FILES = ["open_clip_config.json", "open_clip_model.safetensors"]
 HF_FILES = ["config.json", "model.safetensors", "preprocessor_config.json"]
 
 
+def published_names() -> list[str]:
+    """The model names that resolve through the hub without an organisation prefix."""
+    return [f"{arch}/openai" for arch in OPENAI_HUB_REPOS] + [
+        "openai/clip-vit-base-patch32",
+        "openai/clip-vit-base-patch16",
+        "openai/clip-vit-large-patch14",
+    ]
+
+
 def hub_name_to_repo(name: str) -> tuple[str, list[str]]:
     """The hub repository and files for a model name, or raise ``KeyError`` if it is no hub name."""
     if name.startswith("hf-hub:"):
