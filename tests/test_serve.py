@@ -269,7 +269,7 @@ def test_web_page_searches_by_text_by_upload_and_by_clicking_a_result(browser, l
 def test_a_busy_port_is_one_clear_error_before_any_banner(served, capsys):
     from cliplab.cli import main
 
-    pipeline, root = served
+    _, root = served
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
