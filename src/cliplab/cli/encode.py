@@ -149,8 +149,10 @@ def _write_embeddings(path: Path, ids: list[str], vectors) -> None:
         np.save(path, vectors)
         path.with_suffix(".ids.txt").write_text("\n".join(i.replace("\n", " ") for i in ids) + "\n")
     else:  # .parquet (cmd_embed has checked the suffix)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        from ..extras import require
+
+        pa = require("pyarrow", "data", "writing Parquet")
+        pq = require("pyarrow.parquet", "data", "writing Parquet")
 
         table = pa.table(
             {"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])}

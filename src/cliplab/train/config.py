@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..extras import require
+
 
 @dataclass
 class ModelSection:
@@ -175,7 +177,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             except tomllib.TOMLDecodeError as error:
                 raise ValueError(f"{path} is not valid TOML: {error}") from None
         elif path.suffix in (".yaml", ".yml"):
-            import yaml
+            yaml = require("yaml", "train", "a YAML training config")
 
             try:
                 data = yaml.safe_load(text) or {}
