@@ -41,7 +41,7 @@ def resolve_model_path(
     if name == DEFAULT_MODEL:
         raise CheckpointError(
             f"the default model {DEFAULT_MODEL!r} is not in {models_dir()} yet: create it with `cliplab setup "
-            "--install` (or `make demo` in a source checkout), or pass a checkpoint path or name"
+            "--install` (it says what it installs), or pass a checkpoint path or name"
         )
     try:
         return resolve(name, cache_dir)
