@@ -54,6 +54,7 @@ def test_cached_encoder_gives_the_torch_vectors_for_its_model_only(model_dir, tm
         fast.embed_images(["x.png"])
 
 
+@pytest.mark.slow
 def test_second_text_search_runs_without_torch_and_finds_the_same(model_dir, tmp_path):
     pics = tmp_path / "pics"
     pics.mkdir()

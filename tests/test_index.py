@@ -262,6 +262,7 @@ def test_cli_index_and_search(model_path, photos, captions, tmp_path, capsys):
     assert "is not a cliplab store" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_index_killed_with_sigkill_keeps_committed_batches_and_the_next_run_finishes(model_path, tmp_path):
     photos = tmp_path / "photos"
     write_images(photos, 300, size=(48, 48))

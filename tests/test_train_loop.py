@@ -87,6 +87,7 @@ def shapes_csv(tmp_path_factory) -> Path:
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_and_resumed_matches_the_uninterrupted_run(shapes_csv, tmp_path):
     config = write_config(tmp_path, shapes_csv)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both runs in the same setting, for bitwise-equal arithmetic
@@ -116,6 +117,7 @@ def test_run_killed_with_sigkill_and_resumed_matches_the_uninterrupted_run(shape
     assert all(torch.equal(a[key], b[key]) for key in a), "resumed weights differ from the uninterrupted run's"
 
 
+@pytest.mark.slow
 def test_short_run_learns_the_shapes(shapes_csv, tmp_path):
     """Training lowers the loss well below its start and lifts retrieval far above chance."""
     from cliplab.api import Pipeline
@@ -169,6 +171,7 @@ def test_training_options_run_and_keep_locked_towers_fixed(options, shapes_csv, 
     assert text_same == bool(options.get("lock_text"))
 
 
+@pytest.mark.slow
 def test_short_run_on_a_corpus_slice_lifts_held_out_retrieval_far_above_chance(tmp_path_factory):
     """Train briefly on a slice of the real sample corpus; retrieve the held-out OpenMoji drawings
     (a style never trained on) from their captions far better than chance."""
@@ -240,6 +243,7 @@ def test_resume_with_a_different_data_order_is_refused(shapes_csv, tmp_path):
         train(changed, tmp_path / "run", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_processes_trains_and_saves_once(shapes_csv, tmp_path):
     config = write_config(tmp_path, shapes_csv, steps=3, checkpoint_every=3, local_loss=True, accum_freq=2)
     command = [
@@ -266,6 +270,7 @@ def test_torchrun_with_two_processes_trains_and_saves_once(shapes_csv, tmp_path)
     assert read_checkpoint(tmp_path / "ddp" / "model").config.embed_dim == 128
 
 
+@pytest.mark.slow
 def test_an_earlier_run_is_never_overwritten_silently_and_a_finished_run_resumes_to_nothing(
     shapes_csv, tmp_path, capsys
 ):
@@ -287,6 +292,7 @@ def test_an_earlier_run_is_never_overwritten_silently_and_a_finished_run_resumes
     assert again["steps_this_run"] == 2 and again["final_loss"] == pytest.approx(first["final_loss"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_warmup_longer_than_the_run_is_flagged(shapes_csv, tmp_path, capsys):
     config = load_config(write_config(tmp_path, shapes_csv, steps=4, warmup_steps=10))
     assert any("never reaches train.lr" in w for w in config.warnings())
