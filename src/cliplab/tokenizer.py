@@ -137,11 +137,10 @@ def _as_int_list(ids: Iterable[int] | torch.Tensor | np.ndarray) -> list[int]:
     if hasattr(ids, "detach"):  # a torch tensor
         ids = ids.detach().cpu().numpy()
     if isinstance(ids, np.ndarray):
-        if ids.ndim == 2 and ids.shape[0] == 1:
-            ids = ids[0]
-        if ids.ndim != 1:
+        array = ids[0] if ids.ndim == 2 and ids.shape[0] == 1 else ids
+        if array.ndim != 1:
             raise ValueError(f"decode takes one sequence of ids, got an array of shape {ids.shape}")
-        return [int(i) for i in ids.tolist()]
+        return [int(i) for i in array.tolist()]
     return [int(i) for i in ids]
 
 
@@ -207,10 +206,10 @@ class Tokenizer:
         # Byte value -> id of its base symbol, without and with "</w>".
         self._byte_id = [0] * 256
         self._byte_id_eow = [0] * 256
-        for b, c in byte_to_char.items():
-            self._byte_id[b] = token_to_id[c]
-            self._byte_id_eow[b] = token_to_id[c + _END_OF_WORD]
-        self._char_to_byte = {c: b for b, c in byte_to_char.items()}
+        for byte, char in byte_to_char.items():
+            self._byte_id[byte] = token_to_id[char]
+            self._byte_id_eow[byte] = token_to_id[char + _END_OF_WORD]
+        self._char_to_byte = {char: byte for byte, char in byte_to_char.items()}
 
         # BPE works on ids: (left id, right id) -> (rank, id of the merged symbol).
         self._merge_table: dict[tuple[int, int], tuple[int, int]] = {}

@@ -48,6 +48,7 @@ def hub_name_to_repo(name: str) -> tuple[str, list[str]]:
 
 
 def download(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    cache_dir = str(cache_dir) if cache_dir is not None else None
     """A local folder holding the files of ``name``: from the hub cache, or downloaded into it."""
     repo, files = hub_name_to_repo(name)
     from huggingface_hub import snapshot_download
