@@ -1,15 +1,18 @@
 """Image-text pairs: reading them from tables, folders and WebDataset shards, and the sample corpus.
 
-* :mod:`cliplab.data.pairs`: tables and image folders (:func:`read_pairs`),
-  source classification (:func:`source_kind`) and the caption filter
-  (:func:`filter_captions`);
+* :mod:`cliplab.data.pairs`: tables and image folders (:func:`read_pairs`) and
+  source classification (:func:`source_kind`);
+* :mod:`cliplab.data.captions`: the caption rules, each named and counted: the trainer's
+  (:func:`caption_rule`, :func:`filter_captions`) and the web path's (:class:`CaptionFilter`);
 * :mod:`cliplab.data.shards`: WebDataset tar shards (:func:`expand_shards`,
   :func:`iter_shard`, :func:`pack_shards`);
 * :mod:`cliplab.data.loader`: the datasets (:class:`PairDataset`,
   :class:`ShardStream`) and the deterministic, resumable training loader
   (:func:`make_train_loader`); its docstring explains the ordering and resumption rules.
 
-* :mod:`cliplab.data.corpus`: the offline sample corpus built from openly licensed art.
+* :mod:`cliplab.data.corpus`: the offline sample corpus built from openly licensed art;
+* :mod:`cliplab.data.web`: from web pages to training shards: extract image-caption pairs from
+  HTML, WARC and WAT files, download them into shards, curate the shards.
 
 The trainer (:mod:`cliplab.train`) reads its data through this package; nothing here imports the
 trainer. The public names of pairs, shards and loader are re-exported here.
@@ -17,6 +20,7 @@ trainer. The public names of pairs, shards and loader are re-exported here.
 
 from __future__ import annotations
 
+from .captions import CAPTION_RULES, WEB_CAPTION_RULES, CaptionFilter, caption_rule, filter_captions
 from .loader import (
     SKIP_REASONS,
     DataSpec,
@@ -25,16 +29,7 @@ from .loader import (
     TrainLoader,
     make_train_loader,
 )
-from .pairs import (
-    CAPTION_COLUMNS,
-    CAPTION_RULES,
-    IMAGE_COLUMNS,
-    Pair,
-    caption_rule,
-    filter_captions,
-    read_pairs,
-    source_kind,
-)
+from .pairs import CAPTION_COLUMNS, IMAGE_COLUMNS, Pair, read_pairs, source_kind
 from .shards import ShardSample, expand_shards, iter_shard, pack_shards
 
 __all__ = [
@@ -42,6 +37,8 @@ __all__ = [
     "CAPTION_RULES",
     "IMAGE_COLUMNS",
     "SKIP_REASONS",
+    "WEB_CAPTION_RULES",
+    "CaptionFilter",
     "DataSpec",
     "Pair",
     "PairDataset",

@@ -63,14 +63,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..images import ImageLoadError, ImageTooLargeError, load_image
-from .pairs import (
-    CAPTION_RULES,
-    Pair,
-    caption_rule,
-    filter_captions,
-    read_pairs,
-    source_kind,
-)
+from .captions import CAPTION_RULES, caption_rule, filter_captions
+from .pairs import Pair, read_pairs, source_kind
 from .shards import _tar_groups, expand_shards
 
 __all__ = [
