@@ -29,6 +29,7 @@ from typing import NamedTuple
 from PIL import Image, ImageOps
 
 from ...images import to_rgb
+from .sniff import looks_like_html, sniff_format
 
 __all__ = [
     "RESIZE_MODES",
@@ -36,34 +37,11 @@ __all__ = [
     "ProcessedImage",
     "ResizeSettings",
     "process_image",
-    "sniff_format",
 ]
 
 RESIZE_MODES = ("keep_ratio", "keep_ratio_largest", "center_crop", "border", "no")
 ENCODE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _EXTENSIONS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp", "bmp": "bmp", "tiff": "tiff"}
-
-
-def sniff_format(head: bytes) -> str | None:
-    """The image format of encoded bytes from their first bytes (magic numbers), or ``None``."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:2] == b"BM" and len(head) >= 14:
-        return "bmp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    return None
-
-
-def looks_like_html(head: bytes) -> bool:
-    text = head[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    return text.startswith((b"<!doctype html", b"<html", b"<head", b"<meta", b"<body", b"<!--", b"<?xml"))
 
 
 @dataclass(frozen=True)
