@@ -43,7 +43,9 @@ _CANONICAL_RE = re.compile(
     r"<link\b[^>]*\bhref\s*=\s*[\"']([^\"'>\s]+)[\"'][^>]*\brel\s*=\s*[\"']?canonical",
     re.IGNORECASE,
 )
-_OG_URL_RE = re.compile(r"<meta\b[^>]*\bproperty\s*=\s*[\"']og:url[\"'][^>]*\bcontent\s*=\s*[\"']([^\"']+)", re.IGNORECASE)
+_OG_URL_RE = re.compile(
+    r"<meta\b[^>]*\bproperty\s*=\s*[\"']og:url[\"'][^>]*\bcontent\s*=\s*[\"']([^\"']+)", re.IGNORECASE
+)
 OUTPUT_COLUMNS = ("url", "caption", "caption_source", "page_url", "language", "language_score")
 
 
@@ -226,7 +228,9 @@ def extract_file(path: str | os.PathLike, settings: ExtractSettings) -> tuple[li
     return rows, report
 
 
-def finish_rows(rows: Iterable[dict[str, Any]], settings: ExtractSettings, report: ExtractReport) -> list[dict[str, Any]]:
+def finish_rows(
+    rows: Iterable[dict[str, Any]], settings: ExtractSettings, report: ExtractReport
+) -> list[dict[str, Any]]:
     """Drop duplicate (URL, caption) pairs, detect languages, apply the table-wide rules."""
     seen: set[tuple[str, str]] = set()
     unique = []

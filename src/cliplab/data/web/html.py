@@ -27,8 +27,36 @@ __all__ = ["PageImage", "page_images", "page_opt_out"]
 _LAZY_SRC = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-url", "data-hi-res-src", "data-full-src")
 _LAZY_SRCSET = ("data-srcset", "data-lazy-srcset", "data-original-set")
 _BLOCKS = frozenset(
-    "p div li td th dd dt section article aside header footer main nav figure blockquote h1 h2 h3 h4 h5 h6 "
-    "table tr ul ol body form".split()
+    [
+        "p",
+        "div",
+        "li",
+        "td",
+        "th",
+        "dd",
+        "dt",
+        "section",
+        "article",
+        "aside",
+        "header",
+        "footer",
+        "main",
+        "nav",
+        "figure",
+        "blockquote",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "table",
+        "tr",
+        "ul",
+        "ol",
+        "body",
+        "form",
+    ]
 )
 _SKIP_TEXT = frozenset({"script", "style", "noscript", "template", "svg"})
 _TRACKER_RE = re.compile(

@@ -211,7 +211,11 @@ def wat_pages(path: str | os.PathLike) -> Iterator[WatPage]:
         if not isinstance(links, list):
             continue
         images = [
-            {"url": str(link.get("url", "")), "alt": str(link.get("alt", "") or ""), "title": str(link.get("title", "") or "")}
+            {
+                "url": str(link.get("url", "")),
+                "alt": str(link.get("alt", "") or ""),
+                "title": str(link.get("title", "") or ""),
+            }
             for link in links
             if isinstance(link, dict) and link.get("path") == "IMG@/src" and link.get("url")
         ]
@@ -224,6 +228,8 @@ def wat_pages(path: str | os.PathLike) -> Iterator[WatPage]:
             if isinstance(m, dict) and str(m.get("name", "")).lower() == "robots"
         ]
         headers = response.get("Headers") or {}
-        robots = [str(v) for k, v in headers.items() if k.lower() == "x-robots-tag"] if isinstance(headers, dict) else []
+        robots = (
+            [str(v) for k, v in headers.items() if k.lower() == "x-robots-tag"] if isinstance(headers, dict) else []
+        )
         url = str(_get(envelope, "WARC-Header-Metadata", "WARC-Target-URI") or "")
         yield WatPage(url, str(head.get("Base") or ""), metas, robots, images)
