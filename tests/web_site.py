@@ -61,7 +61,7 @@ class WebSite:
         self.max_connections: Counter[str] = Counter()
         self.max_in_flight: Counter[str] = Counter()
         self.connections_opened: Counter[str] = Counter()
-        self._open: Counter[str] = Counter()
+        self._readers: dict[str, set[asyncio.StreamReader]] = {}
         self._in_flight: Counter[str] = Counter()
         self._gzip_cache: dict[int, bytes] = {}
         self._lock = threading.Lock()
@@ -177,10 +177,16 @@ class WebSite:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host = writer.get_extra_info("sockname")[0]
+        readers = self._readers.setdefault(host, set())
+        readers.add(reader)
+        # Connections open at once, as the client holds them: a connection the client has closed (its
+        # EOF or reset has arrived) no longer counts, even while this server is still busy writing to
+        # it. A few milliseconds let the closes that reached the kernel before this connect be read.
+        await asyncio.sleep(0.005)
+        open_now = sum(1 for r in readers if not (r.at_eof() or r.exception() is not None))
         with self._lock:
-            self._open[host] += 1
             self.connections_opened[host] += 1
-            self.max_connections[host] = max(self.max_connections[host], self._open[host])
+            self.max_connections[host] = max(self.max_connections[host], open_now)
         try:
             while True:
                 try:
@@ -217,8 +223,7 @@ class WebSite:
         except (ConnectionError, asyncio.CancelledError):
             return
         finally:
-            with self._lock:
-                self._open[host] -= 1
+            readers.discard(reader)
             with contextlib.suppress(Exception):
                 writer.close()
 

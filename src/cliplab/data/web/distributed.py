@@ -21,7 +21,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .download import DownloadPlan, DownloadReport, DownloadSettings, download_shards, finish_report, plan_download
+from .download import (
+    DownloadPlan,
+    DownloadReport,
+    DownloadSettings,
+    OutputLock,
+    download_shards,
+    finish_report,
+    plan_download,
+)
 from .extract import ExtractReport, ExtractSettings, check_output, extract_file, finish_rows, input_files, write_rows
 
 __all__ = ["download_with_ray", "extract_with_ray"]
@@ -64,6 +72,8 @@ def download_with_ray(
     """:func:`cliplab.data.web.download.download` with the shards spread over a Ray cluster."""
     settings = settings or DownloadSettings()
     out_path = Path(os.fspath(out)).expanduser().resolve()  # the workers run in other folders
+    out_path.mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(out_path)
     plan = plan_download(url_list, out_path, settings, overwrite=overwrite)
     ray, started = _start(address)
     try:
@@ -102,6 +112,7 @@ def download_with_ray(
     finally:
         if started:
             ray.shutdown()
+        lock.release()
     return finish_report(plan, report)
 
 

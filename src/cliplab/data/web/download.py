@@ -155,7 +155,9 @@ def plan_download(
                     f"{manifest[name]!r} now): pass the same URL list and settings to resume, another OUT, "
                     "or --overwrite to start again"
                 )
-    elif out.exists() and any(out.iterdir()) and not overwrite and not manifest_path.exists():
+    elif (
+        out.exists() and any(p.name != ".lock" for p in out.iterdir()) and not overwrite and not manifest_path.exists()
+    ):
         raise FileExistsError(f"{out} is not empty and holds no cliplab download; pick an empty folder")
     if overwrite and out.exists():
         for child in out.iterdir():
@@ -163,8 +165,35 @@ def plan_download(
                 child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(manifest_path, manifest)
+    remove_stale_temporaries(out)
     shards = -(-table.num_rows // settings.shard_size)
     return DownloadPlan(out, table, settings, shards)
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Remove the hidden temporary files that a killed run left beside its shards (never visible as
+    shards: their names start with a dot and do not end in .tar/.parquet)."""
+    for tmp in out.glob(".shard-*"):
+        if tmp.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+class OutputLock:
+    """Only one download (driver) writes an output folder at a time."""
+
+    def __init__(self, out: Path) -> None:
+        import fcntl
+
+        self._handle = open(out / ".lock", "a")
+        try:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise FileExistsError(f"another download is writing {out}; wait for it to finish or stop it") from None
+
+    def release(self) -> None:
+        self._handle.close()
 
 
 # --------------------------------------------------------------------------- running shards
@@ -437,9 +466,15 @@ def download(
         progress: show the progress bar (URLs/s, success rate, MB/s).
     """
     settings = settings or DownloadSettings()
-    plan = plan_download(url_list, out, settings, overwrite=overwrite)
-    report = download_shards(plan, range(plan.shards), retry_failed, progress)
-    return finish_report(plan, report)
+    out_path = Path(os.fspath(out)).expanduser()
+    out_path.mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(out_path)
+    try:
+        plan = plan_download(url_list, out_path, settings, overwrite=overwrite)
+        report = download_shards(plan, range(plan.shards), retry_failed, progress)
+        return finish_report(plan, report)
+    finally:
+        lock.release()
 
 
 def summary_table(report: DownloadReport) -> str:
