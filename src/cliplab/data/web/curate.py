@@ -315,7 +315,7 @@ def curate(
             for sample, reason in zip(samples, decided.reasons):
                 if reason is not None:
                     sample.verdict = f"caption_{reason}"
-            removed.update({f"caption_{r}": n for r, n in decided.counts.items()})
+            removed.update({f"caption_{r}": 0 for r in decided.counts})  # counted with the others below
 
         def alive() -> list[_Sample]:
             return [s for s in samples if s.verdict is None]

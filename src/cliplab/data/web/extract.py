@@ -303,7 +303,7 @@ def extract(
     """Extract image-caption rows from ``inputs`` into the Parquet table ``out`` (see the module docstring)."""
     settings = settings or ExtractSettings()
     path = check_output(out, overwrite)
-    files = input_files(inputs)
+    files = [f for f in input_files(inputs) if f.resolve() != path.resolve()]
     started = time.perf_counter()
     report = ExtractReport(out=str(path))
     rows: list[dict[str, Any]] = []
