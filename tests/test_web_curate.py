@@ -127,7 +127,7 @@ def test_every_rule_removes_what_it_should_and_scores_are_the_pipelines(tmp_path
 
 
 def test_threshold_keep_list_and_the_training_loader(tmp_path, shards, pipeline):
-    folder, expect = shards
+    folder, _ = shards
     probe = curate(folder, tmp_path / "probe", CurateSettings(min_clip_score=-1.0), pipeline=pipeline, progress=False)
     scores = sorted(
         r["clip_score"] for r in pq.read_table(tmp_path / "probe" / "curation.parquet").to_pylist() if r["kept"]
@@ -159,7 +159,7 @@ def test_threshold_keep_list_and_the_training_loader(tmp_path, shards, pipeline)
 
 
 def test_cli_filter_without_a_model_and_its_errors(tmp_path, shards):
-    folder, expect = shards
+    folder, _ = shards
     command = [
         sys.executable,
         "-m",
