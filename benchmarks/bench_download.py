@@ -162,7 +162,9 @@ class Server:
         self.process.join(30)
 
 
-def url_list(path: Path, photos: list[Path], total: int, failure_rate: float, hosts: list[str], port: int, seed: int) -> dict[str, int]:
+def url_list(
+    path: Path, photos: list[Path], total: int, failure_rate: float, hosts: list[str], port: int, seed: int
+) -> dict[str, int]:
     """Write the URL list (Parquet, url + caption); returns how many URLs of each kind."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -340,7 +342,9 @@ def main() -> None:
             f"(cliplab also reads robots.txt once per host: {a['requests'].get('robots.txt', 0)})"
         )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "load": load, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "load": load, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -230,15 +230,18 @@ def register_web(sub: argparse._SubParsersAction) -> None:
         "shard. Asynchronous HTTP with a DNS cache, global and per-host connection limits and timeouts; "
         "robots.txt, X-Robots-Tag and robots meta opt-outs honoured; 429/503 Retry-After honoured; only "
         "transient failures (timeout, reset, 5xx, 429) retried, with backoff. A kill at any moment loses "
-        "nothing written: run the same command again to continue. Failure classes: "
-        + "; ".join(f"{k}: {v}" for k, v in FAILURE_CLASSES.items())
-        + ".",
+        "nothing written: run the same command again to continue.",
         examples=[
             "cliplab data download pairs.parquet shards/",
             "cliplab data download laion.parquet shards/ --url-column URL --caption-column TEXT --per-host 8",
             "cliplab data download pairs.parquet shards/ --retry-failed timeout,5xx",
             "cliplab data download pairs.parquet /shared/shards --ray auto",
         ],
+    )
+    p.epilog = (
+        (p.epilog or "")
+        + "\n\nfailure classes (the status column):\n"
+        + "\n".join(f"  {name:<19} {meaning}" for name, meaning in FAILURE_CLASSES.items())
     )
     p.add_argument("url_list", help="CSV/TSV/JSONL/Parquet table with a URL and a caption column")
     p.add_argument("out", help="output folder (shards, metadata, stats); an earlier run there is resumed")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -268,10 +269,10 @@ class _ShardRun:
             if result.get("status") != "ok":
                 continue
             if number in self.journal.entries:
-                images[number] = (result["ext"], lambda n=number: self.journal.image(n))
+                images[number] = (result["ext"], functools.partial(self.journal.image, number))
             else:
                 ext, data = old_images[result["key"]]
-                images[number] = (ext, lambda d=data: d)
+                images[number] = (ext, functools.partial(bytes, data))
         self.journal.sync()
         stats = finalize_shard(self.files, self.rows, results, images, self.first)
         self.journal.remove()
@@ -337,7 +338,7 @@ async def _run_shards(
                 row = run.row(number)
                 outcome = await fetcher.fetch(str(row["url"]))
                 processed, status, error = None, outcome.status, outcome.error
-                if outcome.status == "ok":
+                if outcome.status == "ok" and outcome.body is not None:
                     try:
                         processed = await loop.run_in_executor(pool, process_image, outcome.body, settings.resize)
                     except ImageRejected as exc:

@@ -223,8 +223,8 @@ def extract_file(path: str | os.PathLike, settings: ExtractSettings) -> tuple[li
             report.images += 1
             chosen = _choose([("list", caption)] if caption else [], settings.caption_filter, report)
             if chosen is not None:
-                page = str(page_urls[i] or "") if page_urls else ""
-                rows.append({"url": url, "caption": chosen[1], "caption_source": "list", "page_url": page})
+                page_url = str(page_urls[i] or "") if page_urls else ""
+                rows.append({"url": url, "caption": chosen[1], "caption_source": "list", "page_url": page_url})
     return rows, report
 
 

@@ -8,7 +8,7 @@ __all__ = ["FAILURE_CLASSES", "PERMANENT", "TRANSIENT"]
 FAILURE_CLASSES: dict[str, str] = {
     "invalid_url": "not an http(s) URL with a host",
     "robots": "robots.txt disallows the URL (or a redirect target) for cliplab",
-    "robots_unavailable": "robots.txt could not be read (5xx, timeout, refused): everything is disallowed",
+    "robots_unavailable": "robots.txt answered 5xx or 429, or timed out: everything is disallowed",
     "opt_out": "X-Robots-Tag or a robots meta tag opts out (noai, noimageai, noindex, noimageindex)",
     "dns": "the host name does not resolve",
     "connect": "the connection was refused or failed",
