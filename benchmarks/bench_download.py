@@ -285,7 +285,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=10, help="request timeout, both tools")
     parser.add_argument("--concurrency", type=int, default=256, help="cliplab: connections in all")
     parser.add_argument("--per-host", type=int, default=16, help="cliplab: connections per host")
-    parser.add_argument("--img2dataset-threads", type=int, default=128, help="img2dataset: threads per process")
+    parser.add_argument(
+        "--img2dataset-threads", type=int, default=256, help="img2dataset: threads per process (its default)"
+    )
     parser.add_argument("--only", choices=("both", "cliplab", "img2dataset"), default="both")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the generated photos are kept")
     parser.add_argument("--seed", type=int, default=0)

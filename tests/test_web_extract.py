@@ -259,6 +259,11 @@ def test_url_list_columns_are_found_by_name(tmp_path):
     assert table.column_names == ["url", "caption", "similarity"]
     (tmp_path / "l.jsonl").write_text(json.dumps({"image_url": "http://a/2.jpg", "alt": "a dog"}) + "\n")
     assert read_url_table(tmp_path / "l.jsonl").to_pylist() == [{"url": "http://a/2.jpg", "caption": "a dog"}]
+    (tmp_path / "clash.csv").write_text("url,caption,status,width\nhttp://a/3.jpg,a bird,done,12\n")
+    clash = read_url_table(tmp_path / "clash.csv", reserved=("status", "width"))
+    assert clash.to_pylist() == [
+        {"url": "http://a/3.jpg", "caption": "a bird", "status_input": "done", "width_input": "12"}
+    ]
     (tmp_path / "bad.csv").write_text("link_to_it,words\nx,y\n")
     with pytest.raises(ValueError, match="cannot find the URL column"):
         read_url_table(tmp_path / "bad.csv")

@@ -32,7 +32,15 @@ from ..._version import __version__
 from .fetch import FAILURE_CLASSES, TRANSIENT, FetchCounters, Fetcher, FetchSettings
 from .resize import ImageRejected, ResizeSettings, process_image
 from .tables import file_fingerprint, read_url_table
-from .writer import ShardFiles, ShardJournal, finalize_shard, iter_tar_images, read_shard_results, write_manifest
+from .writer import (
+    RESULT_COLUMNS,
+    ShardFiles,
+    ShardJournal,
+    finalize_shard,
+    iter_tar_images,
+    read_shard_results,
+    write_manifest,
+)
 
 __all__ = ["DownloadReport", "DownloadSettings", "download", "download_shards", "plan_download"]
 
@@ -136,7 +144,9 @@ def plan_download(
 ) -> DownloadPlan:
     """Read the URL list, check ``out`` against it (or start it) and write ``out/manifest.json``."""
     out = Path(os.fspath(out)).expanduser()
-    table = read_url_table(url_list, settings.url_column, settings.caption_column)
+    table = read_url_table(
+        url_list, settings.url_column, settings.caption_column, reserved=(*RESULT_COLUMNS, "ext", "row")
+    )
     fingerprint = file_fingerprint(url_list)
     manifest_path = out / "manifest.json"
     manifest = {
@@ -242,7 +252,7 @@ class _ShardRun:
         self.first = index * plan.settings.shard_size
         self.rows = plan.rows(index)
         self.previous: dict[int, dict[str, Any]] = {}
-        if self.files.parquet.exists():
+        if self.files.parquet.exists() and self.files.tar.exists():  # a shard whose tar was deleted is redone
             for result in read_shard_results(self.files):
                 self.previous[int(result["key"])] = result
         self.journal = ShardJournal(self.files.journal)

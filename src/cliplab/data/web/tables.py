@@ -88,10 +88,15 @@ def read_table_any(path: str | os.PathLike) -> Any:
 
 
 def read_url_table(
-    path: str | os.PathLike, url_column: str | None = None, caption_column: str | None = None, need_caption: bool = True
+    path: str | os.PathLike,
+    url_column: str | None = None,
+    caption_column: str | None = None,
+    need_caption: bool = True,
+    reserved: Sequence[str] = (),
 ) -> Any:
     """The URL list at ``path`` with its URL and caption columns named ``url`` and ``caption``
-    (both as strings; a missing caption is ``""``), the other columns as they are."""
+    (both as strings; a missing caption is ``""``), the other columns as they are; one whose name is
+    ``url``, ``caption`` or in ``reserved`` (the names the caller adds) gets the suffix ``_input``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -119,7 +124,7 @@ def read_url_table(
     for name in names:
         if name in (url_key, caption_key):
             continue
-        out = name if name not in ("url", "caption") else f"{name}_original"
+        out = name if name not in ("url", "caption", *reserved) else f"{name}_input"
         columns[out] = table[name]
     return pa.table(columns)
 
