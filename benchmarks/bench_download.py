@@ -10,8 +10,8 @@ failures), CPU seconds per image, the peak memory of each tool's process tree, a
 Goal: >= 2x img2dataset's images/s at equal cores, the same success on the good URLs, no extra
 requests on permanent failures.
 
-The photos are generated once (seeded) and cached in ``--cache`` (about 160 KB each: 20,000 take
-~3.2 GB; delete the folder to reclaim it).
+The photos are generated once (seeded) and cached in ``--cache`` (about 210 KB each: 20,000 take
+~4.2 GB; delete the folder to reclaim it).
 
     python benchmarks/bench_download.py                      # 20,000 URLs, 2 cores (the full run)
     nice -n 19 python benchmarks/bench_download.py --urls 2000   # a smoke run
