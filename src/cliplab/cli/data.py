@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "  cliplab data extract pages/ crawl.warc.gz pairs.parquet --languages en\n"
         "  cliplab data download pairs.parquet shards/\n"
         "  cliplab data filter shards/ curated/ --model ViT-B-32/openai --min-clip-score 0.28\n"
-        "  cliplab train recipe.toml --out run --set data.train='[[\"curated\", 1.0]]'",
+        "  cliplab train recipe.toml --out run --set data.train='[[\"/abs/path/curated\", 1.0]]'",
         formatter_class=HelpFormatter,
     )
     sub = group.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND", parser_class=Parser)
