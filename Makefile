@@ -51,6 +51,7 @@ bench: $(STAMP) sources
 	$(PYTHON) benchmarks/bench_search.py
 	$(PYTHON) benchmarks/bench_index.py
 	$(PYTHON) benchmarks/bench_train_vs_open_clip.py --corpus $${CLIPLAB_HOME:-$$HOME/.cache/cliplab}/corpus
+	$(PYTHON) benchmarks/bench_download.py --urls 20000 --cores 2
 
 # Bad inputs through every entry point, kill -9 / full-disk / two-writer faults, a load test: one table.
 reliability: $(STAMP) sources

@@ -33,6 +33,7 @@ class DataSection:
     shuffle_buffer: int = 1000
     resample: bool = False
     workers: int = 2
+    keep: str = ""  # a keep-list from `cliplab data filter --keep-list`: train only on its samples
 
 
 @dataclass
