@@ -69,3 +69,34 @@ def isolated_cliplab_home(tmp_path_factory, monkeypatch):
 
     monkeypatch.setenv("CLIPLAB_SOURCES", str(sources_dir()))
     monkeypatch.setenv("CLIPLAB_HOME", str(tmp_path_factory.mktemp("cliplab_home")))
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A Ray cluster of two nodes on this machine, started as the README starts one (`ray start --head`,
+    then `ray start --address` for a worker node), with token authentication. Yields the address and the
+    environment that every Ray process (`cliplab index --ray`, `cliplab data download --ray`, ...) needs to join it."""
+    import os
+    import secrets
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("the `ray` command is not installed")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    address = "127.0.0.1:6391"
+    try:
+        for args in (["--head", "--port", address.split(":")[1], "--include-dashboard=false"], ["--address", address]):
+            subprocess.run(
+                [ray_cli, "start", *args, "--num-cpus", "1", "--disable-usage-stats"],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=180,
+            )
+        yield address, env
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=180)

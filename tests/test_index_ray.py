@@ -18,6 +18,9 @@ from cliplab.model import get_preset
 ray = pytest.importorskip("ray")
 
 
+pytestmark = pytest.mark.slow  # minutes of real kills, loads and clusters
+
+
 def test_ray_indexing_gives_the_single_process_vectors(tmp_path):
     write_checkpoint(random_model(get_preset("ViT-nano"), seed=1), tmp_path / "model", "cliplab")
     pipeline = cliplab.load(tmp_path / "model", device="cpu")
@@ -44,37 +47,6 @@ def test_ray_indexing_gives_the_single_process_vectors(tmp_path):
 
     again = index_with_ray(pipeline, tmp_path / "ray-store", [photos], address="local", progress=False)
     assert (again.embedded, again.unchanged) == (0, 40)  # incremental like the local path
-
-
-@pytest.fixture
-def two_node_cluster():
-    """A Ray cluster of two nodes on this machine, started as the README starts one (`ray start --head`,
-    then `ray start --address` for a worker node), with token authentication. Yields the address and the
-    environment that every Ray process, `cliplab index` included, needs to join it."""
-    import os
-    import secrets
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
-    if ray_cli is None:
-        pytest.skip("the `ray` command is not installed")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    address = "127.0.0.1:6391"
-    try:
-        for args in (["--head", "--port", address.split(":")[1], "--include-dashboard=false"], ["--address", address]):
-            subprocess.run(
-                [ray_cli, "start", *args, "--num-cpus", "1", "--disable-usage-stats"],
-                env=env,
-                check=True,
-                capture_output=True,
-                timeout=180,
-            )
-        yield address, env
-    finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=180)
 
 
 def test_cli_on_a_two_node_cluster_with_a_relative_store_path(tmp_path, two_node_cluster):

@@ -3,6 +3,7 @@ texts into vectors of one embedding space."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoints import CheckpointError, LoadedCheckpoint, build_model, read_checkpoint, resolve, write_checkpoint
+from .checkpoints.hub import published_names
 from .export import export_onnx
 from .identity import ModelIdentity, model_identity
 from .images import ImageInput
@@ -39,9 +41,17 @@ def resolve_model_path(
     if name == DEFAULT_MODEL:
         raise CheckpointError(
             f"the default model {DEFAULT_MODEL!r} is not in {models_dir()} yet: create it with `cliplab setup "
-            "--install` (or `make demo` in a source checkout), or pass a checkpoint path or name"
+            "--install` (it says what it installs), or pass a checkpoint path or name"
         )
-    return resolve(name, cache_dir)
+    try:
+        return resolve(name, cache_dir)
+    except CheckpointError as error:
+        if Path(name).expanduser().exists() or "neither an existing file" not in str(error):
+            raise
+        known = sorted(p.name for p in models_dir().glob("*") if p.is_dir()) + published_names()
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise CheckpointError(f"{error}.{hint}") from None
 
 
 def model_name(name_or_path: str | os.PathLike | None) -> str:

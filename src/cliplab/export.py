@@ -51,8 +51,8 @@ class _TextEncoder(nn.Module):
         return self.model.encode_text(token_ids)
 
 
-def export_onnx(pipeline: Pipeline, folder: str | os.PathLike) -> Path:
-    """Write the image and text encoders of ``pipeline`` and their settings to ``folder``; returns it."""
+def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, encoders: tuple[str, ...] = ("image", "text")) -> Path:
+    """Write the ``encoders`` (``image``, ``text``) of ``pipeline`` and their settings to ``folder``; returns it."""
     require("onnx", "onnx", "ONNX export")  # torch.onnx.export needs onnx and onnxscript
     require("onnxscript", "onnx", "ONNX export")
     folder = Path(folder)
@@ -70,29 +70,31 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike) -> Path:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter; torch.export cannot trace
         warnings.filterwarnings("ignore", message=".*aten::index.*")  # the data-dependent end-token slice yet
-        torch.onnx.export(
-            _ImageEncoder(model),
-            (pixels,),
-            str(folder / "image_encoder.onnx"),
-            dynamo=False,
-            input_names=["pixels"],
-            output_names=["image_features"],
-            opset_version=OPSET,
-            dynamic_axes={"pixels": batch, "image_features": batch},
-        )
-        torch.onnx.export(
-            _TextEncoder(model),
-            (token_ids,),
-            str(folder / "text_encoder.onnx"),
-            dynamo=False,
-            input_names=["token_ids"],
-            output_names=["text_features"],
-            opset_version=OPSET,
-            dynamic_axes={"token_ids": batch, "text_features": batch},
-        )
+        if "image" in encoders:
+            torch.onnx.export(
+                _ImageEncoder(model),
+                (pixels,),
+                str(folder / "image_encoder.onnx"),
+                dynamo=False,
+                input_names=["pixels"],
+                output_names=["image_features"],
+                opset_version=OPSET,
+                dynamic_axes={"pixels": batch, "image_features": batch},
+            )
+        if "text" in encoders:
+            torch.onnx.export(
+                _TextEncoder(model),
+                (token_ids,),
+                str(folder / "text_encoder.onnx"),
+                dynamo=False,
+                input_names=["token_ids"],
+                output_names=["text_features"],
+                opset_version=OPSET,
+                dynamic_axes={"token_ids": batch, "text_features": batch},
+            )
     settings = {
-        "image_encoder": "image_encoder.onnx",
-        "text_encoder": "text_encoder.onnx",
+        "image_encoder": "image_encoder.onnx" if "image" in encoders else None,
+        "text_encoder": "text_encoder.onnx" if "text" in encoders else None,
         "preprocess": pipeline.preprocess.config.to_dict(),
         "tokenizer": {
             "context_length": context,

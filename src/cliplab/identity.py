@@ -9,8 +9,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 __all__ = ["ModelIdentity", "ModelMismatchError", "model_identity"]
 
 
@@ -50,7 +48,7 @@ def model_identity(pipeline: Any) -> ModelIdentity:
     if tokenizer:
         digest.update(json.dumps(tokenizer, sort_keys=True).encode())
     for name in sorted(state):
-        tensor = state[name].detach().to("cpu", torch.float32).contiguous()
+        tensor = state[name].detach().cpu().float().contiguous()
         digest.update(name.encode())
         digest.update(tensor.numpy())  # the buffer itself: no copy
     identity = ModelIdentity(pipeline.name or "unnamed", digest.hexdigest(), pipeline.embed_dim)

@@ -135,7 +135,7 @@ def config_from_open_clip(model_cfg: dict[str, Any]) -> CLIPConfig:
     is_resnet = isinstance(layers, (list, tuple))
     vision = VisionConfig(
         image_size=image_size,
-        layers=tuple(layers) if is_resnet else layers,  # type: ignore[arg-type]
+        layers=tuple(layers) if is_resnet else layers,
         width=width,
         patch_size=None if is_resnet else vision_cfg.get("patch_size", 16),
         heads=width * 32 // head_width if is_resnet else width // head_width,

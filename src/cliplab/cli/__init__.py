@@ -6,7 +6,7 @@ module             commands
 ``encode``         classify, embed, similarity
 ``checkpoints``    convert, info
 ``training``       train, eval, plot-run
-``data``           data pack, data sample-corpus, data sources
+``data``           data extract, download, filter, pack, sample-corpus, sources
 ``search``         index, search, serve
 ``vision``         detect, explain, generate
 ``demo``           demo, setup

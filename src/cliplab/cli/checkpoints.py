@@ -83,8 +83,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     cfg = ckpt.config
     tower = (
-        f"ResNet {list(cfg.vision.layers)} width {cfg.vision.width}"
-        if cfg.vision.is_resnet  # type: ignore[arg-type]
+        f"ResNet {list(cfg.vision.layers)} width {cfg.vision.width}"  # type: ignore[arg-type]
+        if cfg.vision.is_resnet
         else f"ViT {cfg.vision.layers} layers, width {cfg.vision.width}, patch {cfg.vision.patch_size}"
     )
     print(

@@ -63,14 +63,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..images import ImageLoadError, ImageTooLargeError, load_image
-from .pairs import (
-    CAPTION_RULES,
-    Pair,
-    caption_rule,
-    filter_captions,
-    read_pairs,
-    source_kind,
-)
+from .captions import CAPTION_RULES, caption_rule, filter_captions
+from .keep import KeepList, read_keep_list
+from .pairs import Pair, read_pairs, source_kind
 from .shards import _tar_groups, expand_shards
 
 __all__ = [
@@ -96,6 +91,7 @@ SKIP_REASONS: tuple[str, ...] = (
     "tokenize_error",  # the tokenizer raised
     "incomplete",  # shard sample without an image or without a .txt caption
     "shard_error",  # unreadable or truncated tar shard (the rest of the shard is skipped)
+    "not_kept",  # shard sample left out by the keep-list (data.keep)
     *(f"caption_{rule}" for rule in CAPTION_RULES),  # shard captions removed by the filter
 )
 
@@ -468,7 +464,7 @@ class ShardStream(IterableDataset):
             without it every sample of every source is seen once per epoch.
         preprocess: image callable (PIL image -> ``[3, H, W]`` tensor).
         tokenizer: text callable (str -> ``[context]`` or ``[1, context]`` LongTensor).
-        rank, world_size: this process's share.  Without ``resample``, epoch ``e``
+        rank: this process's rank (with ``world_size``: its share).  Without ``resample``, epoch ``e``
             shuffles the shards with ``(seed, e)`` and rank ``r`` reads
             ``shards[r::world_size]``, so every sample goes to exactly one rank per
             epoch (``world_size`` must not exceed the number of shards).  With
@@ -489,6 +485,8 @@ class ShardStream(IterableDataset):
         start_batch: begin at block ``start_batch`` (earlier samples are skipped at the
             tar-member level, without reading or decoding images).
         epochs: stop after this many epochs (``None``: infinite).
+        keep: a :class:`~cliplab.data.keep.KeepList` (or its path): only its samples are used (the
+            others are counted as ``not_kept``).
 
     Unreadable samples are counted in :attr:`skipped` and replaced by the next readable
     sample after their block.  Only uncompressed, seekable ``.tar`` files are supported.
@@ -509,8 +507,10 @@ class ShardStream(IterableDataset):
         batch_size: int = 1,
         start_batch: int = 0,
         epochs: int | None = None,
+        keep: KeepList | str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
+        self.keep = read_keep_list(keep) if isinstance(keep, (str, os.PathLike)) else keep
         self.sources = _normalise_sources(sources)
         self._shards: list[Path] = []
         self._source_ranges: list[tuple[int, int]] = []
@@ -580,6 +580,8 @@ class ShardStream(IterableDataset):
         """References of the usable samples of one shard, reading headers and captions only."""
         path = self._shards[shard]
         usable = 0
+        keep = self.keep
+        shard_name = path.name
 
         def skip(reason: str) -> None:
             if counting[0]:
@@ -600,6 +602,9 @@ class ShardStream(IterableDataset):
             for key, image, caption in _tar_groups(fh, damaged):
                 if image is None or caption is None:
                     skip("incomplete")
+                    continue
+                if keep is not None and (shard_name, key) not in keep:
+                    skip("not_kept")
                     continue
                 rule = caption_rule(caption) if self.caption_filter else None
                 if rule is not None:
@@ -718,12 +723,15 @@ class DataSpec:
         caption_filter: drop pairs whose caption :func:`caption_rule` rejects.
         shuffle_buffer: shard sample shuffle buffer (tables/folders are fully permuted).
         resample: draw with replacement (map-style: samples; shards: shards).
+        keep: a keep-list file (``cliplab data filter ... --keep-list``): train only on its samples
+            (shards only).
     """
 
     sources: list[tuple[str, float]]
     caption_filter: bool = True
     shuffle_buffer: int = 1000
     resample: bool = False
+    keep: str = ""
 
     def __post_init__(self) -> None:
         self.sources = _normalise_sources(self.sources)
@@ -797,7 +805,7 @@ def make_train_loader(
         preprocess: image callable, e.g. ``Preprocessor(image_size=224)``.
         tokenizer: text callable, e.g. ``Tokenizer()``.
         batch_size: samples per batch on this rank.
-        rank, world_size: distributed position; every sample goes to exactly one rank
+        rank: distributed position (with ``world_size``); every sample goes to exactly one rank
             per epoch (without resampling).
         seed: seed of the whole order.
         workers: DataLoader worker processes (0: load in the calling process).
@@ -813,6 +821,8 @@ def make_train_loader(
     if len(kinds) != 1:
         raise ValueError("all sources of a DataSpec must be shards, or all tables/folders; got a mix")
     kind = kinds.pop()
+    if spec.keep and kind != "shards":
+        raise ValueError(f"a keep-list ({spec.keep}) applies to shards; the sources are tables or folders")
     options: dict[str, Any] = {
         "num_workers": workers,
         "pin_memory": torch.cuda.is_available(),
@@ -839,6 +849,7 @@ def make_train_loader(
             caption_filter=spec.caption_filter,
             batch_size=batch_size,
             start_batch=start_batch,
+            keep=spec.keep or None,
         )
         loader = DataLoader(stream, batch_size=batch_size, collate_fn=_collate, **options)
         return TrainLoader(loader, stream, kind, batch_size, start_batch)

@@ -1,4 +1,4 @@
-"""Image-text pairs from tables and image folders, and the caption filter.
+"""Image-text pairs from tables and image folders.
 
 Sources
 -------
@@ -8,8 +8,8 @@ Sources
 
 Tables and folders are *map-style* sources: :func:`read_pairs` lists their pairs, which
 :class:`cliplab.data.loader.PairDataset` loads.  :func:`source_kind` tells them
-apart from tar shards (:mod:`cliplab.data.shards`).  :func:`caption_rule` and
-:func:`filter_captions` drop pairs with unusable captions.
+apart from tar shards (:mod:`cliplab.data.shards`).  The caption rules that drop pairs with
+unusable captions live in :mod:`cliplab.data.captions`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from glob import has_magic
@@ -29,11 +28,8 @@ from ..images import IMAGE_EXTENSIONS
 
 __all__ = [
     "CAPTION_COLUMNS",
-    "CAPTION_RULES",
     "IMAGE_COLUMNS",
     "Pair",
-    "caption_rule",
-    "filter_captions",
     "read_pairs",
     "source_kind",
 ]
@@ -46,8 +42,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 IMAGE_COLUMNS: tuple[str, ...] = ("image", "filepath", "path", "image_path", "img", "file", "filename")
 #: Column names recognised as the caption, in order of preference (case-insensitive).
 CAPTION_COLUMNS: tuple[str, ...] = ("caption", "text", "title")
-#: Names of the caption filter rules, in the order they are checked.
-CAPTION_RULES: tuple[str, ...] = ("empty", "numeric", "filename")
 
 _TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -207,74 +201,3 @@ def read_pairs(path: PathLike, image_column: str | None = None, caption_column: 
     if suffix not in _TABLE_SUFFIXES:
         raise ValueError(f"{p}: unsupported table type {suffix!r}; expected one of {list(_TABLE_SUFFIXES)}")
     return _read_table(p, image_column, caption_column)
-
-
-# =========================================================================== caption filter
-
-_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015"
-_NUMERIC_RE = re.compile(rf"(?:isbn(?:-1[03])?[\s:#-]*)?[\d\sxX.,:;/#+()\-{_DASHES}]+", re.IGNORECASE)
-_FILE_EXT_RE = re.compile(
-    r"[^\n/\\]{0,200}\.(?:jpe?g|jfif|png|gif|webp|bmp|tiff?|heic|heif|avif|raw|cr2|nef|arw|dng|svg|"
-    r"mp4|mov|avi|mkv|pdf)",
-    re.IGNORECASE,
-)
-_CAMERA_RE = re.compile(
-    r"(?:img|dsc[nf]?|dcim|pict?|pic|mvimg|pxl|vid|mov|gopr|gp|dji|wp|imag|sam|p|screenshot|scan|photo|image)"
-    r"[_\-]?\d{2,}[\w\-.]*",
-    re.IGNORECASE,
-)
-_TOKEN_RE = re.compile(r"[\w\-.]+")
-_HEX_RE = re.compile(r"[0-9a-fA-F]+")
-
-
-def _is_filename_like(text: str) -> bool:
-    if _FILE_EXT_RE.fullmatch(text) or _CAMERA_RE.fullmatch(text):
-        return True
-    if not _TOKEN_RE.fullmatch(text) or len(text) < 6:
-        return False
-    digits = sum(c.isdigit() for c in text)
-    if "_" in text and digits >= 3:  # 12345678_abcdef, 2021_05_03, img_0001_a
-        return True
-    compact = text.replace("-", "")
-    if len(compact) >= 8 and digits >= 2 and _HEX_RE.fullmatch(compact):  # hashes, UUIDs
-        return True
-    return digits >= 4 and digits * 2 >= len(text)  # 20210503T1422, B07X12345
-
-
-def caption_rule(caption: str) -> str | None:
-    """Name of the first :data:`CAPTION_RULES` rule that rejects ``caption``, or ``None``.
-
-    * ``"empty"``: empty or whitespace only;
-    * ``"numeric"``: only digits, dashes, ``X`` and number punctuation (prices, dates,
-      ISBNs such as ``978-3-16-148410-0`` or ``0-306-40615-X``, optionally prefixed
-      by ``ISBN``);
-    * ``"filename"``: looks like a file name: ends with a media file extension
-      (``photo.png``), a camera name (``IMG_1234``, ``DSC0001``, ``PXL_2021...``), or a
-      single token that is hash-like or mostly digits (``12345678_abcdef``).
-    """
-    text = caption.strip()
-    if not text:
-        return "empty"
-    if _NUMERIC_RE.fullmatch(text) and any(c.isdigit() for c in text):
-        return "numeric"
-    if _is_filename_like(text):
-        return "filename"
-    return None
-
-
-def filter_captions(pairs: Iterable[Pair]) -> tuple[list[Pair], dict[str, int]]:
-    """Remove pairs with unusable captions (see :func:`caption_rule`).
-
-    Returns:
-        The kept pairs (order preserved) and the number removed by each rule of
-        :data:`CAPTION_RULES` (every rule is present, possibly with 0).
-    """
-    counts = dict.fromkeys(CAPTION_RULES, 0)
-    kept: list[Pair] = []
-    for pair in pairs:
-        rule = caption_rule(pair.caption)
-        if rule is None:
-            kept.append(pair)
-        else:
-            counts[rule] += 1
-    return kept, counts

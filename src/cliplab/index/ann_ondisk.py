@@ -36,11 +36,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
+from ..extras import require
 from ..files import atomic_write_bytes, atomic_write_text
 from .vector_codes import VectorCodes
+
+faiss = require("faiss", "search", "cliplab's search indexes")
 
 COMPRESSED_LIMIT = 1_000_000  # vectors of one kind past which a store switches to this index
 SHARD_ROWS = 1_000_000

@@ -23,13 +23,15 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..extras import require
 from ..files import atomic_write_bytes
 from . import ann_ondisk as od
 from .ann_ondisk import CompressedIndex, CompressedParams
+
+faiss = require("faiss", "search", "cliplab's search indexes")
 
 REBUILD_GROWTH = 2.0
 REMOVED_LIMIT = 0.2

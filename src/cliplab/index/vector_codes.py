@@ -19,10 +19,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
+from ..extras import require
 from ..files import atomic_write_bytes
+
+faiss = require("faiss", "search", "cliplab's search indexes")
 
 FOLDER = "vectors"
 CODEC_FILE = "codec.faiss"

@@ -28,7 +28,7 @@ class VisionConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
-            self.layers = tuple(self.layers)  # type: ignore[assignment]
+            self.layers = tuple(self.layers)
         if self.is_resnet:
             self.patch_size = None
             if len(self.layers) != 4:  # type: ignore[arg-type]

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..extras import require
+
 
 @dataclass
 class ModelSection:
@@ -31,6 +33,7 @@ class DataSection:
     shuffle_buffer: int = 1000
     resample: bool = False
     workers: int = 2
+    keep: str = ""  # a keep-list from `cliplab data filter --keep-list`: train only on its samples
 
 
 @dataclass
@@ -175,7 +178,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             except tomllib.TOMLDecodeError as error:
                 raise ValueError(f"{path} is not valid TOML: {error}") from None
         elif path.suffix in (".yaml", ".yml"):
-            import yaml
+            yaml = require("yaml", "train", "a YAML training config")
 
             try:
                 data = yaml.safe_load(text) or {}

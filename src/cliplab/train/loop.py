@@ -182,6 +182,7 @@ def train(
         caption_filter=config.data.caption_filter,
         shuffle_buffer=config.data.shuffle_buffer,
         resample=config.data.resample,
+        keep=config.resolve(config.data.keep) if config.data.keep else "",
     )
     batches = iter(
         make_train_loader(
@@ -298,9 +299,11 @@ def train(
 # Settings that fix the model and the data order: a resumed run must share them with the saved state.
 RESUME_KEYS = {
     "model": ("arch", "init_from", "quick_gelu", "image_size"),
-    "data": ("train", "caption_filter", "shuffle_buffer", "resample"),
+    "data": ("train", "caption_filter", "shuffle_buffer", "resample", "keep"),
     "train": ("batch_size", "accum_freq", "seed", "loss", "lock_image", "lock_text"),
 }
+
+RESUME_DEFAULTS = {("data", "keep"): ""}
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
@@ -308,7 +311,8 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], out_dir: Pat
     differences = []
     for section, keys in RESUME_KEYS.items():
         for key in keys:
-            before, now = saved.get(section, {}).get(key), current.get(section, {}).get(key)
+            absent = RESUME_DEFAULTS.get((section, key))  # keys added later: runs saved before lack them
+            before, now = saved.get(section, {}).get(key, absent), current.get(section, {}).get(key, absent)
             if before != now:
                 differences.append(f"{section}.{key}: {before!r} -> {now!r}")
     if differences:
