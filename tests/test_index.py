@@ -213,7 +213,7 @@ def test_store_switches_to_ivf_past_the_threshold_and_searches_agree(pipeline, p
     index_paths(pipeline, tmp_path / "store", [photos], workers=0, progress=False)
     assert (tmp_path / "store" / "ann" / "image.npz").is_file()
     with Searcher(pipeline, tmp_path / "store") as searcher:
-        assert searcher._indexes["image"].params.type == "ivf"
+        assert searcher._backend._indexes["image"].params.type == "ivf"
         hits = searcher.text("a thing", k=12)
         assert len(hits) == 12  # nprobe is tuned for this store; 12 items fit in the scanned lists
     monkeypatch.setattr(ann, "EXACT_LIMIT", 10**6)
@@ -354,15 +354,17 @@ def test_readers_search_exactly_until_the_ivf_index_is_saved_then_load_it(pipeli
     monkeypatch.setattr(ann, "EXACT_LIMIT", 8)
     index_paths(pipeline, tmp_path / "store", [photos], workers=0, progress=False, update_ann=False)
     with Searcher(pipeline, tmp_path / "store") as searcher:
-        assert searcher._indexes["image"].params.type == "flat"  # no k-means training in a reader
+        assert searcher._backend._indexes["image"].params.type == "flat"  # no k-means training in a reader
         with Store(tmp_path / "store", writer=True) as store:
             ann.refresh_indexes(store)
         searcher.refresh()
-        assert searcher._indexes["image"].params.type == "ivf"
+        assert searcher._backend._indexes["image"].params.type == "ivf"
         write_images(photos / "later", 2, seed=8)
         index_paths(pipeline, tmp_path / "store", [photos], workers=0, progress=False, update_ann=False)
         searcher.refresh()  # synced in place: the new items are found without a rebuild
-        assert len(searcher._indexes["image"]) == 14 and searcher._indexes["image"].params.type == "ivf"
+        assert (
+            len(searcher._backend._indexes["image"]) == 14 and searcher._backend._indexes["image"].params.type == "ivf"
+        )
 
 
 def test_search_and_serve_default_to_the_store_model_recorded_with_an_absolute_path(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -27,6 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
             "cliplab index ~/Pictures --store photos.store",
             "cliplab index ~/Pictures --store photos.store --captions captions.csv",
             "cliplab index /mnt/photos --store photos.store --ray auto --model ViT-B-32/openai",
+            "cliplab index /mnt/photos --store photos.store --compressed      # large-store layout now",
+            "cliplab index ~/Pictures --store photos.store --milvus http://127.0.0.1:19530 --collection photos",
         ],
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="image folders or files")
@@ -57,6 +60,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="decode and embed on a Ray cluster: its address (HEAD:6379), 'auto' for the cluster this "
         "machine belongs to, or 'local' to start Ray here. A cluster with token authentication "
         "needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or RAY_AUTH_TOKEN) here too",
+    )
+    p.add_argument(
+        "--compressed",
+        action="store_true",
+        help="switch the store to the large-store layout now: vectors as codes in vectors/ and compressed "
+        "on-disk indexes (OPQ + IVF + PQ, re-ranked); done by itself past 1,000,000 images or texts",
+    )
+    add_milvus(
+        p,
+        "also mirror the store into this Milvus server (http://HOST:19530): upsert what is new, "
+        "delete what was removed",
     )
     add_json(p)
     add_model(p, default_hint="the store's model, else cliplab-mini")
@@ -95,9 +109,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         examples=[
             "cliplab serve photos.store                      # http://127.0.0.1:8000/",
             "cliplab serve photos.store --host 0.0.0.0 --token $SECRET --port 9000",
+            "cliplab serve --milvus http://127.0.0.1:19530 --collection photos",
         ],
     )
-    p.add_argument("store", help="store folder made by `cliplab index`")
+    p.add_argument("store", nargs="?", help="store folder made by `cliplab index` (or give --milvus)")
+    add_milvus(p, "serve a Milvus collection filled by `cliplab index --milvus` instead of a store folder")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument(
@@ -106,6 +122,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-token", action="store_true", help="allow serving beyond localhost without a token")
     add_model(p, default_hint="the store's model")
+
+
+def add_milvus(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--milvus", metavar="URI", help=help + " (token: $MILVUS_TOKEN)")
+    p.add_argument("--collection", default="cliplab", help="Milvus collection name (default: cliplab)")
+    p.add_argument(
+        "--milvus-index",
+        default="HNSW",
+        help="vector index Milvus builds for a new collection: HNSW (default), IVF_FLAT, IVF_PQ, DISKANN, FLAT",
+    )
+
+
+def milvus_collection(args: argparse.Namespace):
+    from ..index.milvus import MilvusCollection
+
+    collection = MilvusCollection.from_uri(args.milvus, args.collection)
+    return MilvusCollection(collection.uri, collection.name, index_type=args.milvus_index)
 
 
 def store_model(store: str) -> str | None:
@@ -136,6 +169,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                 progress=not args.json,
                 draft=not args.exact_decode,
                 wait=args.wait,
+                compressed=args.compressed,
             )
         else:
             report = index_paths(
@@ -148,7 +182,14 @@ def cmd_index(args: argparse.Namespace) -> int:
                 progress=not args.json,
                 wait=args.wait,
                 draft=not args.exact_decode,
+                compressed=args.compressed,
             )
+        if args.milvus:
+            from ..index.milvus import sync_to_milvus
+            from ..index.store import Store
+
+            with Store(args.store, writer=True, wait=True) as store:
+                report.milvus = sync_to_milvus(store, milvus_collection(args), progress=not args.json)
     except KeyboardInterrupt:
         print(
             f"\ncliplab index: interrupted. {_kept(args.store)}; every batch committed before the interrupt "
@@ -165,6 +206,11 @@ def cmd_index(args: argparse.Namespace) -> int:
         f"texts; {report.unchanged} unchanged, {report.touched} touched, {report.deleted} images and "
         f"{report.texts_deleted} texts removed) in {report.seconds:.1f} s"
     )
+    if report.milvus:
+        print(
+            f"Milvus collection {report.milvus['collection']}: {report.milvus['upserted']} items upserted, "
+            f"{report.milvus['deleted']} deleted"
+        )
     if report.failed or report.known_failures:
         print(
             f"skipped {len(report.failed)} unreadable file(s) this run"
@@ -259,11 +305,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"serving on {args.host} exposes the store to the network: set --token (or "
             "CLIPLAB_API_TOKEN) so clients must authenticate, or pass --no-token to allow anyone"
         )
-    model = args.model or store_model(args.store)
-    if model is None:
-        raise CommandError(f"{args.store} is not a cliplab store (no store.sqlite); create one with `cliplab index`")
+    if (args.store is None) == (args.milvus is None):
+        raise CommandError("give a store folder or --milvus URI (one of them)")
+    if args.milvus:
+        from ..index.milvus import MilvusStore
+
+        target = milvus_collection(args)
+        with contextlib.closing(MilvusStore(target)) as opened:
+            model = args.model or opened.model.name
+    else:
+        target = args.store
+        model = args.model or store_model(args.store)
+        if model is None:
+            raise CommandError(
+                f"{args.store} is not a cliplab store (no store.sqlite); create one with `cliplab index`"
+            )
     _check_port(args.host, args.port)
-    run_server(load_pipeline(args, model), args.store, ServeSettings(host=args.host, port=args.port, token=token))
+    run_server(load_pipeline(args, model), target, ServeSettings(host=args.host, port=args.port, token=token))
     return 0
 
 

@@ -4,6 +4,9 @@
 * :mod:`cliplab.index.scan`: what a run must do (new, changed, deleted files; captions);
 * :mod:`cliplab.index.indexer`: ``cliplab index`` (decoding in worker processes, batch commits);
 * :mod:`cliplab.index.ann`: FAISS exact and IVF indexes, tuned and kept up to date;
+* :mod:`cliplab.index.vector_codes`, :mod:`cliplab.index.ann_ondisk`, :mod:`cliplab.index.compressed`:
+  large stores (vectors as codes, the compressed on-disk index, its builds and updates);
+* :mod:`cliplab.index.backends`, :mod:`cliplab.index.milvus`: searching a local store or a Milvus collection;
 * :mod:`cliplab.index.search`: :class:`Searcher`, queries in every direction;
 * :mod:`cliplab.index.distributed`: the Ray path for millions of images.
 

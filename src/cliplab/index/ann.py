@@ -250,13 +250,31 @@ def open_index(store, kind: str) -> VectorIndex:
     return flat_index(kind, ids, vectors)
 
 
-def refresh_indexes(store) -> dict[str, AnnParams]:
+def refresh_indexes(store, compressed: bool = False, progress: bool = False) -> dict:
     """After an indexing run: bring each kind's saved index up to date, rebuilding it when the kind
-    crossed :data:`EXACT_LIMIT` or grew by :data:`REBUILD_GROWTH` since it was built."""
-    params = {}
+    crossed :data:`EXACT_LIMIT` or grew by :data:`REBUILD_GROWTH` since it was built.
+
+    A store with a kind past :data:`cliplab.index.ann_ondisk.COMPRESSED_LIMIT` vectors (or any store
+    with ``compressed=True``) first moves its vectors into codes (:meth:`Store.convert_to_codes`);
+    its kinds past :data:`EXACT_LIMIT` then get the compressed on-disk index instead
+    (:mod:`cliplab.index.compressed`)."""
+    import shutil
+
+    from . import ann_ondisk
+    from .compressed import needs_compressed, refresh_compressed
+
+    if needs_compressed(store, compressed) and (store.layout != "codes" or store.has_sqlite_vectors()):
+        store.convert_to_codes(progress=progress)
+    params: dict = {}
     for kind in ("image", "text"):
         path = ann_path(store.root, kind)
         count = store.count(kind)
+        if store.layout == "codes" and count >= EXACT_LIMIT:
+            other = "text" if kind == "image" else "image"
+            params[kind] = refresh_compressed(store, kind, other, progress)
+            path.unlink(missing_ok=True)  # the in-RAM index it replaces
+            continue
+        shutil.rmtree(ann_ondisk.kind_folder(store.root, kind), ignore_errors=True)
         if count < EXACT_LIMIT:
             path.unlink(missing_ok=True)
             params[kind] = AnnParams(kind, "flat", built_count=count)

@@ -136,6 +136,7 @@ def index_with_ray(
     actors: int | None = None,
     draft: bool = True,
     wait: bool = False,
+    compressed: bool = False,
 ) -> IndexReport:
     """:func:`cliplab.index.index_paths` with decoding and image embedding on a Ray cluster.
 
@@ -144,7 +145,11 @@ def index_with_ray(
     """
     import ray
 
-    with indexing_run(pipeline, store_dir, roots, captions, batch_size, progress, wait) as (store, plan, report):
+    with indexing_run(pipeline, store_dir, roots, captions, batch_size, progress, wait, compressed=compressed) as (
+        store,
+        plan,
+        report,
+    ):
         if plan.to_embed:
             started_ray = not ray.is_initialized()
             if started_ray:

@@ -132,6 +132,7 @@ class IndexReport:
     images_per_second: float = 0.0
     total_images: int = 0
     total_texts: int = 0
+    milvus: dict | None = None  # what the Milvus sync did (cliplab index --milvus)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,6 +155,7 @@ def indexing_run(
     progress: bool,
     wait: bool = False,
     update_ann: bool = True,
+    compressed: bool = False,
 ) -> Iterator[tuple[Store, Plan, IndexReport]]:
     """The frame of every indexing run: open (or create) the store for writing, plan the run, remove
     deleted files and embed the texts; the caller embeds ``plan.to_embed``; on exit the totals are
@@ -180,7 +182,7 @@ def indexing_run(
         yield store, plan, report
         report.total_images, report.total_texts = store.count("image"), store.count("text")
         if update_ann:
-            refresh_indexes(store)
+            refresh_indexes(store, compressed=compressed, progress=progress)
     report.seconds = time.perf_counter() - started
 
 
@@ -195,12 +197,15 @@ def index_paths(
     wait: bool = False,
     update_ann: bool = True,
     draft: bool = True,
+    compressed: bool = False,
 ) -> IndexReport:
     """Embed new and changed images under ``roots`` (and the texts of ``captions``) into the store at
     ``store_dir``, creating it if needed; remove deleted files. Returns an :class:`IndexReport`.
 
-    ``draft=False`` decodes JPEGs at full size, exactly as :meth:`Pipeline.embed_images` does."""
-    with indexing_run(pipeline, store_dir, roots, captions, batch_size, progress, wait, update_ann) as (
+    ``draft=False`` decodes JPEGs at full size, exactly as :meth:`Pipeline.embed_images` does.
+    ``compressed=True`` moves the store to the large-store layout now (vectors as codes, compressed
+    on-disk indexes), as it does by itself past ``ann_ondisk.COMPRESSED_LIMIT`` vectors of a kind."""
+    with indexing_run(pipeline, store_dir, roots, captions, batch_size, progress, wait, update_ann, compressed) as (
         store,
         plan,
         report,

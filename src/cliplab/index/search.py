@@ -12,8 +12,8 @@ import numpy as np
 
 from ..identity import model_identity
 from ..images import ImageInput
-from .ann import VectorIndex, ann_path, open_index, sync_with_store
-from .store import Item, Store
+from .backends import open_backend
+from .store import Item
 
 KINDS = ("image", "text")
 TARGETS = ("image", "text", "all")
@@ -39,20 +39,20 @@ class Searcher:
 
     ``Searcher(pipeline, "photos.store").text("two dogs in snow", k=10)`` returns :class:`Hit` s.
     ``target`` chooses what is searched: ``image``, ``text`` or ``all``. Call :meth:`refresh` to see
-    items committed after opening (the service does so before each query).
+    items committed after opening (the service does so before each query). ``store_dir`` may also be a
+    Milvus collection (:class:`cliplab.index.milvus.MilvusCollection` or ``milvus://HOST:PORT/NAME``).
     """
 
     def __init__(self, pipeline, store_dir: str | os.PathLike):
         self.pipeline = pipeline
-        self.store = Store(store_dir)
+        self._backend = open_backend(store_dir)
+        self.store = self._backend.store
         self.store.check_model(getattr(pipeline, "identity", None) or model_identity(pipeline))
         self._lock = threading.Lock()
-        self._indexes: dict[str, VectorIndex] = {}
-        self._seen: tuple | None = None  # (data_version, saved index times) at the last refresh
         self.refresh()
 
     def close(self) -> None:
-        self.store.close()
+        self._backend.close()
 
     def __enter__(self) -> Searcher:
         return self
@@ -60,31 +60,10 @@ class Searcher:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _saved_index_times(self) -> tuple:
-        times = []
-        for kind in KINDS:
-            try:
-                times.append(ann_path(self.store.root, kind).stat().st_mtime_ns)
-            except FileNotFoundError:
-                times.append(None)
-        return tuple(times)
-
     def refresh(self) -> None:
-        """Bring the in-memory indexes up to date with the store's committed items: cheap when nothing
-        changed (one pragma, two stats); new commits are synced in place; a newly saved IVF index
-        (written at the end of an indexing run) is loaded."""
+        """Bring the indexes up to date with the store's committed items (cheap when nothing changed)."""
         with self._lock:
-            version, times = self.store.data_version, self._saved_index_times()
-            if self._indexes and (version, times) == self._seen:
-                return
-            previous_times = self._seen[1] if self._seen else (None,) * len(KINDS)
-            for kind, time_now, time_before in zip(KINDS, times, previous_times):
-                current = self._indexes.get(kind)
-                if current is None or time_now != time_before:
-                    self._indexes[kind] = open_index(self.store, kind)
-                else:
-                    sync_with_store(current, self.store, kind)
-            self._seen = (version, times)
+            self._backend.refresh()
 
     # -- queries ------------------------------------------------------------------------------
     def text(self, query: str, k: int = 10, target: str = "image") -> list[Hit]:
@@ -114,7 +93,7 @@ class Searcher:
             kinds = KINDS if target == "all" else (target,)
             found: list[tuple[float, int]] = []
             for kind in kinds:
-                scores, ids = self._indexes[kind].search(query, k)
+                scores, ids = self._backend.search(kind, query, k)
                 found += [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
             found.sort(key=lambda pair: (-pair[0], pair[1]))
             found = found[:k]

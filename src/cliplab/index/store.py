@@ -9,7 +9,13 @@ Layout of a store folder::
 
     store.sqlite        items, failures, meta (model, embedding size)
     write.lock          held by the process that updates the store
+    vectors/            large stores only: the vectors as codes, row = item id (:mod:`cliplab.index.vector_codes`)
     ann/                FAISS indexes built from the vectors (see :mod:`cliplab.index.ann`); derived data
+
+Two layouts, told apart by ``schema_version``: 1 keeps every vector as float32 in its SQLite row
+(small stores; what earlier cliplab versions wrote and read); 2 keeps them in ``vectors/`` as codes
+(a store converts itself past :data:`cliplab.index.ann_ondisk.COMPRESSED_LIMIT` vectors, or when asked)
+and logs removals (``removals``), so that readers of a hundred million items sync by what changed.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .. import identity
 from ..identity import ModelIdentity
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # float32 vectors in SQLite
+CODES_SCHEMA_VERSION = 2  # vectors as codes in vectors/, removals logged
 DATABASE = "store.sqlite"
 LOCK_FILE = "write.lock"
 TEXT_KEY_PREFIX = "text:"  # a text item's key is this prefix + its id in the captions file
@@ -57,6 +65,14 @@ CREATE TABLE IF NOT EXISTS failures (
     at REAL NOT NULL
 );
 """
+
+
+_CODES_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS removals (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL, "
+    "kind TEXT NOT NULL)",
+    "CREATE TRIGGER IF NOT EXISTS items_removed AFTER DELETE ON items "
+    "BEGIN INSERT INTO removals (id, kind) VALUES (old.id, old.kind); END",
+)
 
 
 class StoreError(RuntimeError):
@@ -117,6 +133,7 @@ class NewItem:
 
 
 _ITEM_COLUMNS = "id, key, kind, path, size, mtime_ns, sha256, caption"
+_MAX_ID = 2**63 - 1
 
 
 class Store:
@@ -143,10 +160,30 @@ class Store:
         except sqlite3.DatabaseError as error:
             self.close()
             raise StoreError(f"{database} is not a readable cliplab store: {error}") from None
-        if version is None or int(version) != SCHEMA_VERSION:
+        if version is None or int(version) not in (SCHEMA_VERSION, CODES_SCHEMA_VERSION):
             self.close()
-            raise StoreError(f"{self.root}: store format version {version!r}, this cliplab reads {SCHEMA_VERSION}")
+            raise StoreError(
+                f"{self.root}: store format version {version!r}, this cliplab reads {SCHEMA_VERSION} and "
+                f"{CODES_SCHEMA_VERSION}"
+            )
         self.model = ModelIdentity.from_json(self.meta("model"))
+        self._codes: Any = None
+
+    @property
+    def layout(self) -> str:
+        """``sqlite`` (float32 vectors in the database) or ``codes`` (vectors in ``vectors/``)."""
+        return "codes" if int(self.meta("schema_version") or SCHEMA_VERSION) == CODES_SCHEMA_VERSION else "sqlite"
+
+    @property
+    def codes(self):
+        """The store's :class:`~cliplab.index.vector_codes.VectorCodes` (``codes`` layout only)."""
+        if self._codes is None:
+            from .vector_codes import VectorCodes
+
+            if not VectorCodes.exists(self.root):
+                raise StoreError(f"{self.root} has no vectors/ folder: this store keeps its vectors in SQLite")
+            self._codes = VectorCodes(self.root)
+        return self._codes
 
     @classmethod
     def create(cls, root: str | os.PathLike, model: ModelIdentity, wait: bool = False) -> Store:
@@ -198,6 +235,9 @@ class Store:
             os.close(self._lock_file.fileno())
 
     def close(self) -> None:
+        if getattr(self, "_codes", None) is not None:
+            self._codes.close()
+            self._codes = None
         if getattr(self, "_db", None) is not None:
             self._db.close()
             self._db = None
@@ -250,18 +290,77 @@ class Store:
 
     def vector(self, item_id: int) -> np.ndarray | None:
         row = self._db.execute("SELECT vector FROM items WHERE id = ?", (int(item_id),)).fetchone()
-        return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
+        if row is None:
+            return None
+        if row[0]:
+            return np.frombuffer(row[0], dtype=np.float32).copy()
+        return self.codes.decode(np.array([int(item_id)]))[0]
 
-    def vectors(self, kind: str, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids int64 [N], vectors float32 [N, D])`` of one kind with ``id > after_id``, in id order."""
+    def vectors(self, kind: str, after_id: int = 0, up_to_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids int64 [N], vectors float32 [N, D])`` of one kind with ``after_id < id <= up_to_id``, in
+        id order (in the ``codes`` layout, the vectors as their codes give them back)."""
         rows = self._db.execute(
-            "SELECT id, vector FROM items WHERE kind = ? AND id > ? ORDER BY id", (kind, after_id)
+            "SELECT id, vector FROM items WHERE kind = ? AND id > ? AND id <= ? ORDER BY id",
+            (kind, after_id, _MAX_ID if up_to_id is None else int(up_to_id)),
         ).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vectors = np.empty((len(rows), self.model.embed_dim), dtype=np.float32)
+        coded = []
         for i, row in enumerate(rows):
-            vectors[i] = np.frombuffer(row[1], dtype=np.float32)
+            if row[1]:
+                vectors[i] = np.frombuffer(row[1], dtype=np.float32)
+            else:
+                coded.append(i)
+        if coded:
+            vectors[coded] = self.codes.decode(ids[coded])
         return ids, vectors
+
+    def ids_after(self, kind: str, after_id: int) -> np.ndarray:
+        """Ids of one kind above ``after_id`` (a range of the primary key: cheap at any size)."""
+        rows = self._db.execute("SELECT id FROM items WHERE id > ? AND kind = ? ORDER BY id", (after_id, kind))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def has_sqlite_vectors(self) -> bool:
+        """Whether any vector is still a float32 blob in SQLite (all of them in the ``sqlite`` layout; in
+        the ``codes`` layout, those a conversion that was interrupted has not moved yet)."""
+        return self._db.execute("SELECT 1 FROM items WHERE length(vector) > 0 LIMIT 1").fetchone() is not None
+
+    def max_id(self) -> int:
+        return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0]
+
+    def _has_removals_log(self) -> bool:
+        row = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'removals'").fetchone()
+        return row is not None
+
+    def ensure_removals_log(self) -> None:
+        """Start logging removals (the ``codes`` layout always does; a Milvus mirror needs it too). Older
+        cliplab versions still read and write a store that has it."""
+        self._require_writer()
+        if not self._has_removals_log():
+            with self._write_errors():
+                for statement in _CODES_SCHEMA:
+                    self._db.execute(statement)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._require_writer()
+        with self._write_errors():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def removal_seq(self) -> int:
+        """The position of the removals log (0 without one)."""
+        if not self._has_removals_log():
+            return 0
+        return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM removals").fetchone()[0]
+
+    def removals(self, kind: str, after_seq: int) -> tuple[np.ndarray, int]:
+        """Ids of one kind removed since log position ``after_seq``, and the log's position now."""
+        if not self._has_removals_log():
+            return np.empty(0, np.int64), 0
+        rows = self._db.execute(
+            "SELECT seq, id, kind FROM removals WHERE seq > ? ORDER BY seq", (after_seq,)
+        ).fetchall()
+        ids = np.fromiter((r[1] for r in rows if r[2] == kind), dtype=np.int64)
+        return ids, (rows[-1][0] if rows else after_seq)
 
     def ids(self, kind: str) -> np.ndarray:
         rows = self._db.execute("SELECT id FROM items WHERE kind = ? ORDER BY id", (kind,)).fetchall()
@@ -293,6 +392,7 @@ class Store:
     def stats(self) -> dict:
         return {
             "store": str(self.root),
+            "layout": self.layout,
             "model": self.model.name,
             "embed_dim": self.model.embed_dim,
             "images": self.count("image"),
@@ -331,6 +431,8 @@ class Store:
         mtime_ns): all in one transaction, so a crash keeps all of it or none."""
         self._require_writer()
         now = time.time()
+        coded = self.layout == "codes"
+        new_ids, new_vectors = [], []
         with self._write_errors():
             for key in delete_keys:
                 self._db.execute("DELETE FROM items WHERE key = ?", (key,))
@@ -344,7 +446,7 @@ class Store:
                 # A changed file gets a new id, so ANN indexes see it as removed + added.
                 self._db.execute("DELETE FROM items WHERE key = ?", (item.key,))
                 self._db.execute("DELETE FROM failures WHERE key = ?", (item.key,))
-                self._db.execute(
+                cursor = self._db.execute(
                     "INSERT INTO items (key, kind, path, size, mtime_ns, sha256, caption, vector) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -355,9 +457,12 @@ class Store:
                         item.mtime_ns,
                         item.sha256,
                         item.caption,
-                        vector.tobytes(),
+                        b"" if coded else vector.tobytes(),
                     ),
                 )
+                if coded:
+                    new_ids.append(cursor.lastrowid)
+                    new_vectors.append(vector)
             for key, path, size, mtime_ns, reason in failures:
                 self._db.execute("DELETE FROM items WHERE key = ?", (key,))
                 self._db.execute(
@@ -366,6 +471,52 @@ class Store:
                 )
             for key, size, mtime_ns in touches:
                 self._db.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
+            if new_ids:
+                # Durable before the commit: a kill in between leaves codes no committed item points to.
+                self.codes.write(np.array(new_ids, np.int64), np.stack(new_vectors))
+
+    # -- the codes layout ------------------------------------------------------------------------------
+    def convert_to_codes(self, codec: str | None = None, chunk: int = 100_000, progress: bool = False) -> None:
+        """Move every vector out of SQLite into ``vectors/`` as codes of a codec trained on a sample.
+
+        Crash-safe at every step: the codec is saved first, the format switched in one transaction
+        (an item whose blob is still set keeps being read from it), then each chunk's codes are written
+        and synced before its blobs are emptied in one transaction; a re-run carries on. Ends with a
+        ``VACUUM`` that gives the freed space back to the filesystem."""
+        from tqdm.auto import tqdm
+
+        from .vector_codes import VectorCodes
+
+        self._require_writer()
+        if not VectorCodes.exists(self.root):
+            rows = self._db.execute(
+                "SELECT vector FROM items WHERE length(vector) > 0 ORDER BY random() LIMIT 65536"
+            ).fetchall()
+            if not rows:
+                raise StoreError(f"{self.root} holds no vectors to train the codes on")
+            sample = np.stack([np.frombuffer(r[0], np.float32) for r in rows])
+            VectorCodes.train(self.root, sample, codec)
+        with self._write_errors():
+            for statement in _CODES_SCHEMA:
+                self._db.execute(statement)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(CODES_SCHEMA_VERSION),))
+        total = self._db.execute("SELECT COUNT(*) FROM items WHERE length(vector) > 0").fetchone()[0]
+        bar = tqdm(total=total, unit="vector", desc="moving vectors into codes", disable=not progress)
+        while True:
+            rows = self._db.execute(
+                "SELECT id, vector FROM items WHERE length(vector) > 0 ORDER BY id LIMIT ?", (chunk,)
+            ).fetchall()
+            if not rows:
+                break
+            ids = np.array([r[0] for r in rows], np.int64)
+            self.codes.write(ids, np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+            with self._write_errors():
+                self._db.executemany("UPDATE items SET vector = x'' WHERE id = ?", [(int(i),) for i in ids])
+            bar.update(len(rows))
+        bar.close()
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.execute("VACUUM")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def read_store_model(root: str | os.PathLike) -> ModelIdentity | None:
