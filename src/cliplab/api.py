@@ -257,7 +257,9 @@ def build(
         config = parse_model_config(path)
     try:
         built = build_towers(config, base_dir, pretrained=pretrained)
-    except FileNotFoundError as error:
+    except (ValueError, FileNotFoundError) as error:  # unknown architectures, missing files, weights that do not fit
+        if isinstance(error, CheckpointError):
+            raise
         raise CheckpointError(str(error)) from None
     preprocess = Preprocessor(PreprocessConfig.from_dict(built.preprocess))
     return Pipeline(built.model, preprocess, built.tokenizer, device, name, precision=precision)

@@ -3,7 +3,8 @@
 ``export_onnx(pipeline, folder)`` writes
 
 * ``image_encoder.onnx``: ``pixels`` float32 ``[batch, 3, n, n]`` -> ``image_features`` ``[batch, embed_dim]``;
-* ``text_encoder.onnx``: ``token_ids`` int64 ``[batch, context_length]`` -> ``text_features`` ``[batch, embed_dim]``;
+* ``text_encoder.onnx``: ``token_ids`` int64 ``[batch, context_length]`` -> ``text_features`` ``[batch, embed_dim]``
+  (for a Hugging Face text tower, rows padded with its padding id, and its tokenizer files in ``tokenizer/``);
 * ``cliplab_onnx.json``: the preprocessing settings, the tokenizer's context length and special ids,
   the embedding size and the logit scale.
 
@@ -65,6 +66,7 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, encoders: tuple[s
     token_ids = torch.zeros(2, context, dtype=torch.long)
     token_ids[:, 0], token_ids[:, -1] = pipeline.tokenizer.sot_token_id, pipeline.tokenizer.eot_token_id
     batch = {0: "batch"}
+    hf_text = bool(getattr(model, "has_text_tower", False))
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer's notes on Python-side shape logic: the end-token slice is traced at full length, on purpose.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -100,11 +102,14 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, encoders: tuple[s
             "context_length": context,
             "sot_id": pipeline.tokenizer.sot_token_id,
             "eot_id": pipeline.tokenizer.eot_token_id,
-            "pad_id": 0,
+            "pad_id": getattr(pipeline.tokenizer, "pad_token_id", 0),
         },
         "embed_dim": pipeline.embed_dim,
         "logit_scale": pipeline.logit_scale,
         "outputs": "projected, unnormalised features (L2-normalise before comparing)",
     }
+    if hf_text:  # the text tower's own tokenizer, in the Hugging Face layout, for runtimes without cliplab
+        settings["tokenizer"].update(kind="huggingface", folder="tokenizer")
+        pipeline.tokenizer.save(folder / "tokenizer")
     (folder / "cliplab_onnx.json").write_text(json.dumps(settings, indent=2) + "\n")
     return folder

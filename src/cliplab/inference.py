@@ -111,7 +111,7 @@ def inference_model(model: CLIP, dtype: torch.dtype, device: str | torch.device)
     if model.config.is_composed:  # towers from other libraries: model/towers/inference.py
         from .model.towers.inference import tower_inference_model
 
-        return tower_inference_model(model, dtype, device)
+        return tower_inference_model(model, dtype, device)  # type: ignore[return-value]
     fused = device.type == "cpu" and _fused_linear_available()
     norm_params = {
         f"{name}.{p}"

@@ -130,18 +130,6 @@ def _text_cfg(text: HFTextConfig, embed_dim: int, hf_model_name: str) -> dict[st
     }
 
 
-def _native_vision_cfg(config: CLIPConfig) -> dict[str, Any]:
-    from .open_clip import config_to_open_clip
-
-    return config_to_open_clip(config)["vision_cfg"]
-
-
-def _native_text_cfg(config: CLIPConfig) -> dict[str, Any]:
-    from .open_clip import config_to_open_clip
-
-    return config_to_open_clip(config)["text_cfg"]
-
-
 def _rename(key: str) -> str:
     for ours, theirs in (
         ("visual.head.fc1.", "visual.head.mlp.fc1."),
@@ -174,12 +162,14 @@ def write_open_clip_towers(
         hub = text.model_name.startswith(HUB_PREFIX)
         name = text.model_name.removeprefix(HUB_PREFIX) if hub else str(folder.resolve())
         text_cfg = _text_cfg(text, config.embed_dim, name)
+    from .open_clip import text_to_open_clip, vision_to_open_clip
+
     folder.mkdir(parents=True, exist_ok=True)
     model_cfg: dict[str, Any] = {
         "embed_dim": config.embed_dim,
         "quick_gelu": config.quick_gelu,
-        "vision_cfg": vision_cfg if vision_cfg is not None else _native_vision_cfg(config),
-        "text_cfg": text_cfg if text_cfg is not None else _native_text_cfg(config),
+        "vision_cfg": vision_cfg if vision_cfg is not None else vision_to_open_clip(config.own_vision),
+        "text_cfg": text_cfg if text_cfg is not None else text_to_open_clip(config.own_text),
     }
     if text_cfg is not None:
         model_cfg["custom_text"] = True
@@ -200,3 +190,130 @@ def write_open_clip_towers(
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     tensors = {_rename(k): v.detach().cpu().contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(folder / WEIGHTS_FILE))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def is_towers_config(model_cfg: dict[str, Any]) -> bool:
+    """Whether an OpenCLIP ``model_cfg`` names a timm image tower or a Hugging Face text tower."""
+    return bool(model_cfg.get("vision_cfg", {}).get("timm_model_name")) or bool(
+        model_cfg.get("text_cfg", {}).get("hf_model_name")
+    )
+
+
+_THEIR_POOLERS = {theirs: ours for ours, theirs in _OPEN_CLIP_POOLERS.items()}
+#: OpenCLIP's default pooler per text tower type (open_clip/hf_configs.py), used when the config names none.
+_DEFAULT_POOLERS = {"bert": "cls_pooler", "roberta": "mean_pooler", "xlm-roberta": "mean_pooler"}
+
+
+def _timm_from_open_clip(cfg: dict[str, Any], preprocess: dict[str, Any]) -> TimmVisionConfig:
+    from ..model.towers.configs import HeadConfig
+
+    pool = cfg.get("timm_pool", "avg")
+    if pool in ("abs_attn", "rot_attn"):
+        raise CheckpointError(f"OpenCLIP's {pool} pooling of timm towers is not supported by cliplab")
+    proj = cfg.get("timm_proj", "linear")
+    if proj not in ("linear", "mlp", "none"):
+        raise CheckpointError(
+            f"OpenCLIP timm_proj={proj!r} (the timm classifier as projection) is not supported; cliplab reads "
+            "linear, mlp and none"
+        )
+    kwargs = {"drop_path_rate": cfg["timm_drop_path"]} if cfg.get("timm_drop_path") is not None else {}
+    size = cfg.get("image_size", 224)
+    return TimmVisionConfig(
+        str(cfg["timm_model_name"]),
+        image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+        pool=pool,
+        model_kwargs=kwargs,
+        mean=tuple(preprocess["mean"]),
+        std=tuple(preprocess["std"]),
+        interpolation=preprocess.get("interpolation", "bicubic"),
+        resize_mode=preprocess.get("resize_mode", "shortest"),
+        head=HeadConfig(type=proj, dropout=float(cfg.get("timm_drop", 0.0)), bias=bool(cfg.get("timm_proj_bias"))),
+    )
+
+
+def _hf_from_open_clip(cfg: dict[str, Any], folder: Path) -> tuple[HFTextConfig, Any]:
+    from ..model.towers.configs import HeadConfig
+    from ..model.towers.hf_tokenizer import HFTokenizer, is_tokenizer_folder
+    from ..model.towers.hf_tower import resolve_hf_config, tower_folder
+
+    name = str(cfg["hf_model_name"])
+    local = folder if (folder / "config.json").is_file() else None
+    text = HFTextConfig(name, pretrained=False, context_length=int(cfg.get("context_length", 77)))
+    source = local or tower_folder(text)
+    tokenizer_source = (
+        folder if is_tokenizer_folder(folder) else tower_folder(HFTextConfig(str(cfg.get("hf_tokenizer_name") or name)))
+    )
+    try:
+        tokenizer = HFTokenizer.from_folder(tokenizer_source, text.context_length)
+    except FileNotFoundError as error:
+        raise CheckpointError(str(error)) from None
+    resolve_hf_config(text, source, tokenizer)
+    pooler = cfg.get("hf_pooler_type") or _DEFAULT_POOLERS.get(text.model_type, "mean_pooler")
+    if pooler not in _THEIR_POOLERS:
+        raise CheckpointError(
+            f"OpenCLIP hf_pooler_type {pooler!r} is not supported (cliplab reads {sorted(_THEIR_POOLERS)})"
+        )
+    text.pooling = _THEIR_POOLERS[pooler]
+    proj = cfg.get("hf_proj_type", "mlp")
+    if proj not in ("linear", "mlp", None):
+        raise CheckpointError(f"OpenCLIP hf_proj_type {proj!r} is not supported (cliplab reads linear, mlp, none)")
+    text.head = HeadConfig(type=proj or "none")
+    if name.count("/") == 1 and local is None and not Path(name).exists():
+        text.model_name = HUB_PREFIX + name
+    return text, tokenizer
+
+
+def _ours(key: str) -> str:
+    for ours, theirs in (
+        ("visual.head.fc1.", "visual.head.mlp.fc1."),
+        ("visual.head.fc2.", "visual.head.mlp.fc2."),
+        ("text.head.fc1.", "text.proj.0."),
+        ("text.head.fc2.", "text.proj.2."),
+        ("text.head.proj.", "text.proj."),
+    ):
+        if key.startswith(theirs):
+            return ours + key[len(theirs) :]
+    return key
+
+
+def read_open_clip_towers(folder: Path, meta: dict[str, Any], weights: Path) -> Any:
+    """A :class:`LoadedCheckpoint` of an OpenCLIP folder with ``timm_model_name`` / ``hf_model_name``
+    towers (the text tower's config.json and tokenizer from the folder, else from ``hf_model_name``)."""
+    from ..preprocess import PreprocessConfig
+    from .base import LoadedCheckpoint
+    from .infer import normalise_state_dict
+    from .open_clip import config_from_open_clip
+    from .torchfiles import load_tensors
+
+    model_cfg = dict(meta["model_cfg"])
+    vision_cfg, text_cfg = dict(model_cfg.get("vision_cfg", {})), dict(model_cfg.get("text_cfg", {}))
+    pre = meta.get("preprocess_cfg", {})
+    size = pre.get("size", vision_cfg.get("image_size", 224))
+    preprocess = PreprocessConfig.from_dict(
+        {
+            "image_size": int(size[0] if isinstance(size, (list, tuple)) else size),
+            **{k: pre[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pre},
+        }
+    ).to_dict()
+    native = config_from_open_clip(
+        {
+            **{k: v for k, v in model_cfg.items() if k != "custom_text"},
+            "vision_cfg": {} if vision_cfg.get("timm_model_name") else vision_cfg,
+            "text_cfg": {} if text_cfg.get("hf_model_name") else text_cfg,
+        }
+    )
+    tokenizer = None
+    vision: Any = native.vision
+    text: Any = native.text
+    notes = [f"architecture from {CONFIG_FILE}"]
+    if vision_cfg.get("timm_model_name"):
+        vision = _timm_from_open_clip(vision_cfg, preprocess)
+    if text_cfg.get("hf_model_name"):
+        text, tokenizer = _hf_from_open_clip(text_cfg, folder)
+        notes.append(f"text tower {text.model_type}, {text.pooling} pooling, tokenizer from {folder}")
+    config = CLIPConfig(embed_dim=int(model_cfg["embed_dim"]), vision=vision, text=text, quick_gelu=native.quick_gelu)
+    state_dict = {_ours(k): v for k, v in normalise_state_dict(load_tensors(weights)).items()}
+    return LoadedCheckpoint(state_dict, config, "open_clip", preprocess, notes, tokenizer=tokenizer)

@@ -30,7 +30,7 @@ class CLIP(nn.Module):
         if not isinstance(vision, VisionConfig):
             from .towers.timm_tower import TimmImageTower
 
-            self.visual: nn.Module = TimmImageTower(vision, config.embed_dim)
+            self.visual: Any = TimmImageTower(vision, config.embed_dim)
         elif vision.is_resnet:
             self.visual = ModifiedResNet(vision, config.embed_dim)
         else:
@@ -47,7 +47,7 @@ class CLIP(nn.Module):
         else:
             from .towers.hf_tower import HFTextTower
 
-            self.text = HFTextTower(text, config.embed_dim)
+            self.text: Any = HFTextTower(text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
         self.init_weights()
 

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .towers.configs import HFTextConfig, TimmVisionConfig, tower_config_from_dict
+from .towers.configs import HFTextConfig, TimmVisionConfig, text_tower_from_dict, vision_tower_from_dict
 
 ResNetLayers = tuple[int, int, int, int]
 
@@ -81,6 +81,20 @@ class CLIPConfig:
         return isinstance(self.vision, TimmVisionConfig) or isinstance(self.text, HFTextConfig)
 
     @property
+    def own_vision(self) -> VisionConfig:
+        """The image tower's config when it is cliplab's own (a ``ValueError`` otherwise)."""
+        if not isinstance(self.vision, VisionConfig):
+            raise ValueError(f"the image tower is a {self.vision.type} tower, not cliplab's own ViT or ResNet")
+        return self.vision
+
+    @property
+    def own_text(self) -> TextConfig:
+        """The text tower's config when it is cliplab's own (a ``ValueError`` otherwise)."""
+        if not isinstance(self.text, TextConfig):
+            raise ValueError(f"the text tower is a {self.text.type} tower, not cliplab's own text transformer")
+        return self.text
+
+    @property
     def image_size(self) -> int:
         return self.vision.image_size
 
@@ -126,8 +140,8 @@ class CLIPConfig:
         vision, text = dict(d.get("vision", {})), dict(d.get("text", {}))
         return cls(
             embed_dim=d["embed_dim"],
-            vision=tower_config_from_dict(vision, "vision") if "type" in vision else VisionConfig(**vision),
-            text=tower_config_from_dict(text, "text") if "type" in text else TextConfig(**text),
+            vision=vision_tower_from_dict(vision) if "type" in vision else VisionConfig(**vision),
+            text=text_tower_from_dict(text) if "type" in text else TextConfig(**text),
             quick_gelu=d.get("quick_gelu", True),
         )
 

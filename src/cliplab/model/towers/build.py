@@ -76,14 +76,14 @@ def build(config: CLIPConfig, base_dir: str | os.PathLike | None = None, pretrai
     if pretrained and isinstance(config.vision, TimmVisionConfig):
         from .timm_tower import load_pretrained_trunk
 
-        note = load_pretrained_trunk(model.visual, base_dir)  # type: ignore[arg-type]
+        note = load_pretrained_trunk(model.visual, base_dir)
         notes += [note] if note else []
     if isinstance(config.text, HFTextConfig):
         from .hf_tower import load_pretrained_transformer, tower_folder
 
         model.text.tokenizer = tokenizer
         if pretrained and config.text.pretrained:
-            notes.append(load_pretrained_transformer(model.text, tower_folder(config.text, base_dir)))  # type: ignore[arg-type]
+            notes.append(load_pretrained_transformer(model.text, tower_folder(config.text, base_dir)))
     from ...preprocess import PreprocessConfig
 
     preprocess = PreprocessConfig.from_dict(config.preprocess()).to_dict()

@@ -56,6 +56,11 @@ class HeadConfig:
             raise ValueError(f"head hidden_dim must be positive (or 0 for the default), got {self.hidden_dim}")
 
 
+def _head_identity(head: HeadConfig) -> dict[str, Any]:
+    """The head's settings that decide its function at inference (dropout does not)."""
+    return {k: v for k, v in dataclasses.asdict(head).items() if k != "dropout"}
+
+
 def _head(value: Any) -> HeadConfig:
     if isinstance(value, HeadConfig):
         return value
@@ -78,7 +83,7 @@ def _check_keys(data: dict[str, Any], cls: type, what: str) -> None:
 class TimmVisionConfig:
     """An image tower from timm: ``timm.create_model(model_name, **model_kwargs)`` with its classifier
     removed and its global pooling set to ``pool`` (timm's names: ``avg``, ``max``, ``avgmax``,
-    ``token`` for ViTs, ...), then :attr:`head`.
+    ``token`` for ViTs, ...; ``""`` keeps the architecture's own), then :attr:`head`.
 
     ``mean``, ``std``, ``interpolation`` and ``resize_mode`` are the tower's own preprocessing (filled
     from timm's pretrained config of the architecture when left empty); ``pretrained`` says where its
@@ -139,7 +144,7 @@ class TimmVisionConfig:
             "image_size": self.image_size,
             "pool": self.pool,
             "model_kwargs": self.model_kwargs,
-            "head": dataclasses.asdict(self.head),
+            "head": _head_identity(self.head),
         }
 
 
@@ -197,21 +202,22 @@ class HFTextConfig:
             "pooling": self.pooling,
             "context_length": self.context_length,
             "hf_config": architecture,
-            "head": dataclasses.asdict(self.head),
+            "head": _head_identity(self.head),
         }
 
 
-def tower_config_from_dict(data: dict[str, Any], tower: str) -> TimmVisionConfig | HFTextConfig:
-    """A tower config from its dict (``type`` ``timm`` for ``vision``, ``hf`` for ``text``)."""
-    kind = data.get("type")
-    cls: type[TimmVisionConfig] | type[HFTextConfig]
-    if tower == "vision" and kind == "timm":
-        cls = TimmVisionConfig
-    elif tower == "text" and kind in ("hf", "huggingface", "transformers"):
-        cls = HFTextConfig
-        data = {**data, "type": "hf"}
-    else:
-        expected = "'timm'" if tower == "vision" else "'hf'"
-        raise ValueError(f"unknown {tower} tower type {kind!r}; expected {expected} or cliplab's own (no type)")
-    _check_keys(data, cls, f"{kind} {tower} tower")
-    return cls(**data)
+def vision_tower_from_dict(data: dict[str, Any]) -> TimmVisionConfig:
+    """An image tower config from its dict (``type = "timm"``)."""
+    if data.get("type") != "timm":
+        raise ValueError(f"unknown vision tower type {data.get('type')!r}; expected 'timm' or cliplab's own (no type)")
+    _check_keys(data, TimmVisionConfig, "timm vision tower")
+    return TimmVisionConfig(**data)
+
+
+def text_tower_from_dict(data: dict[str, Any]) -> HFTextConfig:
+    """A text tower config from its dict (``type = "hf"``; ``huggingface`` and ``transformers`` too)."""
+    if data.get("type") not in ("hf", "huggingface", "transformers"):
+        raise ValueError(f"unknown text tower type {data.get('type')!r}; expected 'hf' or cliplab's own (no type)")
+    data = {**data, "type": "hf"}
+    _check_keys(data, HFTextConfig, "Hugging Face text tower")
+    return HFTextConfig(**data)

@@ -24,7 +24,7 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, config: HeadConfig, in_dim: int, embed_dim: int, tower: str) -> None:
         super().__init__()
-        self.type = config.type
+        self.kind = config.type
         if config.type == "none":
             if in_dim != embed_dim:
                 raise ValueError(
@@ -47,8 +47,8 @@ class ProjectionHead(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.type == "none":
+        if self.kind == "none":
             return x
-        if self.type == "linear":
+        if self.kind == "linear":
             return self.proj(self.drop(x))
         return self.fc2(self.drop(self.act(self.fc1(x))))

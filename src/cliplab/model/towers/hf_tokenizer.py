@@ -18,6 +18,7 @@ import hashlib
 import html
 import json
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,7 @@ class HFTokenizer:
             raise ValueError("the tokenizer records no model_max_length: give the text tower a context_length")
         self._context_length = self._check_context_length(length)
         self._truncated_at = 0
+        self._lock = threading.Lock()  # the truncation length is the backend's state: one setter at a time
 
     # ------------------------------------------------------------------ construction and saving
 
@@ -228,15 +230,17 @@ class HFTokenizer:
         for row, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{row}] must be a str, got {type(text).__name__}")
-        if self._truncated_at != length:
-            self._backend.enable_truncation(max_length=length)
-            self._truncated_at = length
         cleaned = [clean(text) for text in texts]
-        # One text (a data-loader worker's caption) without the thread pool: tokenizers' parallelism
-        # must not start in a process that forks workers later.
-        encodings = (
-            self._backend.encode_batch(cleaned) if len(cleaned) > 1 else [self._backend.encode(t) for t in cleaned]
-        )
+        with self._lock:
+            if self._truncated_at != length:
+                self._backend.enable_truncation(max_length=length)
+                self._truncated_at = length
+            # One text (a data-loader worker's caption) without the thread pool: tokenizers' parallelism
+            # must not start in a process that forks workers later.
+            if len(cleaned) == 1:
+                encodings = [self._backend.encode(cleaned[0])]
+            else:
+                encodings = self._backend.encode_batch(cleaned)
         out = np.full((len(texts), length), self._pad, dtype=np.int64)
         lengths = np.zeros(len(texts), dtype=np.int64)
         for row, encoding in enumerate(encodings):

@@ -77,7 +77,7 @@ class HFTextTower(nn.Module):
                 "config file), which reads the tower's config.json"
             )
         self.config = config
-        self.transformer = create_transformer(config)
+        self.transformer: Any = create_transformer(config)
         pad = config.hf_config.get("pad_token_id")
         if pad is None:
             raise ValueError(f"the {config.model_type} text tower's config.json has no pad_token_id")

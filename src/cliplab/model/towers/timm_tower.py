@@ -34,8 +34,16 @@ def create_trunk(config: TimmVisionConfig) -> nn.Module:
     timm = import_timm()
     check_architecture(timm, config.model_name)
     trunk = timm.create_model(config.model_name, pretrained=False, **config.model_kwargs)
-    trunk.reset_classifier(0, global_pool=config.pool)
+    _remove_classifier(trunk, config.pool)
     return trunk
+
+
+def _remove_classifier(trunk: Any, pool: str) -> None:
+    """Classifier removed; global pooling ``pool`` ("" keeps the architecture's own, as OpenCLIP does)."""
+    if pool:
+        trunk.reset_classifier(0, global_pool=pool)
+    else:
+        trunk.reset_classifier(0)
 
 
 class TimmImageTower(nn.Module):
@@ -44,8 +52,8 @@ class TimmImageTower(nn.Module):
         self.config = config
         # Channels-last convolutions: oneDNN's (and cuDNN's) fast layout, in float32 too (about 2x for
         # EfficientNet-Lite0 on an AVX-512 CPU). The values, and the saved tensors, are unchanged.
-        self.trunk = create_trunk(config).to(memory_format=torch.channels_last)
-        self.head = ProjectionHead(config.head, self.trunk.num_features, embed_dim, "vision")
+        self.trunk: Any = create_trunk(config).to(memory_format=torch.channels_last)
+        self.head = ProjectionHead(config.head, int(self.trunk.num_features), embed_dim, "vision")
 
     @property
     def num_features(self) -> int:
@@ -85,7 +93,7 @@ def load_pretrained_trunk(tower: TimmImageTower, base_dir: str | os.PathLike | N
                 f"could not get timm's pretrained weights for {config.model_name!r} ({type(error).__name__}: "
                 f"{str(error)[:200]}). Without a network, download them elsewhere and name the file as pretrained"
             ) from error
-        reference.reset_classifier(0, global_pool=config.pool)
+        _remove_classifier(reference, config.pool)
         tower.trunk.load_state_dict(reference.state_dict(), strict=True)
         return f"image tower weights: timm's pretrained {config.model_name}"
     path = resolve_source(source, base_dir)
@@ -97,6 +105,11 @@ def load_pretrained_trunk(tower: TimmImageTower, base_dir: str | os.PathLike | N
     tensors = read_weights(path)
     where = f"{path.name} (the image tower's pretrained weights)"
     if config.weights_layout == "ordered":
+        if path.suffix == ".safetensors":
+            raise CheckpointError(
+                f"{path.name}: weights_layout 'ordered' needs a file that keeps its tensors' order (a torch.save "
+                "file); safetensors files store them sorted by name"
+            )
         state = fit_by_order(tensors, tower.trunk, where)
     else:
         classifier = tower.trunk.pretrained_cfg.get("classifier") or ()
@@ -119,11 +132,11 @@ def resolve_timm_config(config: TimmVisionConfig) -> list[str]:
         pretrained_cfg = {}
     notes = []
     if config.mean is None:
-        config.mean = tuple(pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))  # type: ignore[assignment]
-        notes.append(f"image mean {list(config.mean)} from timm's config of {config.model_name}")  # type: ignore[arg-type]
+        config.mean = tuple(pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
+        notes.append(f"image mean {list(config.mean)} from timm's config of {config.model_name}")
     if config.std is None:
-        config.std = tuple(pretrained_cfg.get("std", (0.229, 0.224, 0.225)))  # type: ignore[assignment]
-        notes.append(f"image std {list(config.std)} from timm's config of {config.model_name}")  # type: ignore[arg-type]
+        config.std = tuple(pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
+        notes.append(f"image std {list(config.std)} from timm's config of {config.model_name}")
     if not config.interpolation:
         config.interpolation = str(pretrained_cfg.get("interpolation") or "bicubic")
     if not config.licence and pretrained_cfg.get("license") and config.pretrained == "timm":
