@@ -15,10 +15,44 @@ from cliplab.model import CLIPConfig
 from cliplab.model.towers import HeadConfig, HFTextConfig, TimmVisionConfig
 
 TIMM_ARCH = "test_efficientnet"  # timm's 0.36 M-parameter EfficientNet for tests (BatchNorm, SE, 160 px)
-WORDS = (
-    "a an the of on in with and photo picture drawing cat dog red green blue apple hat rocket sky night "
-    "small big two sitting table chair over sea stars moon car tree house bird flower"
-).split()
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "with",
+    "and",
+    "photo",
+    "picture",
+    "drawing",
+    "cat",
+    "dog",
+    "red",
+    "green",
+    "blue",
+    "apple",
+    "hat",
+    "rocket",
+    "sky",
+    "night",
+    "small",
+    "big",
+    "two",
+    "sitting",
+    "table",
+    "chair",
+    "over",
+    "sea",
+    "stars",
+    "moon",
+    "car",
+    "tree",
+    "house",
+    "bird",
+    "flower",
+]
 CORPUS = [
     "a photo of a cat sitting on a red chair",
     "a drawing of two dogs and a blue car",
