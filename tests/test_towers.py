@@ -405,3 +405,32 @@ def test_torch_free_text_queries_cover_a_hugging_face_text_tower(root, tmp_path,
     fast = OnnxTextQueries.open(clip.identity.fingerprint)
     assert fast is not None
     np.testing.assert_allclose(fast.embed_texts(TEXTS), clip.embed_texts(TEXTS), atol=1e-5)
+
+
+def test_training_starts_from_a_towers_config_and_saves_the_towers_with_their_tokenizer(root, tmp_path):
+    from cliplab.train.config import load_config
+    from cliplab.train.loop import train
+
+    shutil.copy(root / "timm.safetensors", tmp_path / "timm.safetensors")
+    shutil.copytree(root / "bert", tmp_path / "bert")
+    (tmp_path / "towers.toml").write_text(
+        f"embed_dim = 24\n[vision]\ntype = 'timm'\nmodel_name = '{TIMM_ARCH}'\nimage_size = 64\n"
+        "pretrained = 'timm.safetensors'\n[text]\ntype = 'hf'\nmodel_name = 'bert'\ncontext_length = 16\n"
+    )
+    rows = ["image,caption"]
+    for i, color in enumerate(["red", "green", "blue", "orange"] * 2):
+        Image.new("RGB", (48, 40), color).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,a {color} square")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "train.toml").write_text(
+        "[model]\ninit_from = 'towers.toml'\n[data]\ntrain = [['pairs.csv', 1.0]]\nworkers = 1\n"
+        "[train]\nbatch_size = 4\nsteps = 2\nwarmup_steps = 1\nprecision = 'fp32'\nlock_image = true\nlog_every = 1\n"
+    )
+    start = cliplab.load(tmp_path / "towers.toml", precision="fp32")
+    result = train(load_config(tmp_path / "train.toml"), tmp_path / "run", progress=False)
+    assert result.steps == 2 and np.isfinite(result.final_loss)
+    trained = cliplab.load(tmp_path / "run" / "model", precision="fp32")
+    assert isinstance(trained.tokenizer, HFTokenizer) and torch.equal(trained.tokenize(TEXTS), start.tokenize(TEXTS))
+    before, after = start.model.state_dict(), trained.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("visual."))  # locked
+    assert not torch.equal(before["text.head.proj.weight"], after["text.head.proj.weight"])  # trained
