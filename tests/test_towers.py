@@ -363,13 +363,24 @@ def test_commands_run_unchanged_on_a_towers_model(root, tmp_path, capsys):
     cliplab.build(towers_config(root), precision="fp32").save(tmp_path / "model")
     model = str(tmp_path / "model")
     images = []
+    (tmp_path / "pics").mkdir()
     for i, color in enumerate(["red", "green", "blue"]):
-        images.append(str(tmp_path / f"{i}.png"))
+        images.append(str(tmp_path / "pics" / f"{i}.png"))
         Image.new("RGB", (70, 50), color).save(images[-1])
     assert main(["classify", *images, "--labels", "a cat,a dog", "--model", model, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
     assert main(["embed", "--texts", "a cat", "a dog", "--model", model, "--out", str(tmp_path / "t.npy")]) == 0
     assert np.load(tmp_path / "t.npy").shape == (2, 24)
+    captions = tmp_path / "captions.csv"
+    captions.write_text("id,text\nc1,a red square\nc2,a green circle\n")
+    store = str(tmp_path / "store")
+    assert main(["index", str(tmp_path / "pics"), "--store", store, "--captions", str(captions), "--model", model]) == 0
+    capsys.readouterr()
+    assert main(["search", store, "a red square", "--target", "text", "--json"]) == 0  # the store's model
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert hits[0]["key"] == "text:c1" and hits[0]["score"] > 0.9999  # the same text, embedded the same way
+    assert main(["search", store, "a red square", "--json", "-k", "3"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 3
     assert main(["info", model]) == 0
     info = capsys.readouterr().out
     assert f"timm {TIMM_ARCH}" in info and "Hugging Face bert (2 layers, width 32), mean pooling" in info
