@@ -270,6 +270,22 @@ def test_unknown_architectures_are_named_with_the_closest_known_ones(root, tmp_p
         cliplab.build(cliplab.CLIPConfig(embed_dim=8, text=HFTextConfig(str(tmp_path / "berty"))))
 
 
+def test_hub_sources_without_a_network_say_what_to_fetch_and_where_to_put_it(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network, and no waiting for one
+    text = cliplab.CLIPConfig(embed_dim=8, text=HFTextConfig("hf-hub:nobody/no-such-tower"))
+    with pytest.raises(
+        CheckpointError, match=r"could not get hf-hub:nobody/no-such-tower .*copy the files of https://"
+    ):
+        cliplab.build(text)
+    vision = cliplab.CLIPConfig(embed_dim=8, vision=TimmVisionConfig(TIMM_ARCH, pretrained="timm"))
+    with pytest.raises(CheckpointError, match=rf"could not get timm's pretrained weights for '{TIMM_ARCH}'"):
+        cliplab.build(vision)
+    with pytest.raises(CheckpointError, match="no installed Python package 'no_such_package'"):
+        cliplab.build(cliplab.CLIPConfig(embed_dim=8, text=HFTextConfig("package:no_such_package/model")))
+
+
 def test_a_folder_without_its_tokenizer_files_is_named(root, tmp_path):
     shutil.copytree(root / "bert", tmp_path / "bert")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):

@@ -20,7 +20,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -94,22 +94,23 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, encoders: tuple[s
                 opset_version=OPSET,
                 dynamic_axes={"token_ids": batch, "text_features": batch},
             )
+    tokenizer: dict[str, Any] = {
+        "context_length": context,
+        "sot_id": pipeline.tokenizer.sot_token_id,
+        "eot_id": pipeline.tokenizer.eot_token_id,
+        "pad_id": getattr(pipeline.tokenizer, "pad_token_id", 0),
+    }
+    if hf_text:  # the text tower's own tokenizer, in the Hugging Face layout, for runtimes without cliplab
+        tokenizer.update(kind="huggingface", folder="tokenizer")
+        pipeline.model.tokenizer.save(folder / "tokenizer")
     settings = {
         "image_encoder": "image_encoder.onnx" if "image" in encoders else None,
         "text_encoder": "text_encoder.onnx" if "text" in encoders else None,
         "preprocess": pipeline.preprocess.config.to_dict(),
-        "tokenizer": {
-            "context_length": context,
-            "sot_id": pipeline.tokenizer.sot_token_id,
-            "eot_id": pipeline.tokenizer.eot_token_id,
-            "pad_id": getattr(pipeline.tokenizer, "pad_token_id", 0),
-        },
+        "tokenizer": tokenizer,
         "embed_dim": pipeline.embed_dim,
         "logit_scale": pipeline.logit_scale,
         "outputs": "projected, unnormalised features (L2-normalise before comparing)",
     }
-    if hf_text:  # the text tower's own tokenizer, in the Hugging Face layout, for runtimes without cliplab
-        settings["tokenizer"].update(kind="huggingface", folder="tokenizer")
-        pipeline.tokenizer.save(folder / "tokenizer")
     (folder / "cliplab_onnx.json").write_text(json.dumps(settings, indent=2) + "\n")
     return folder

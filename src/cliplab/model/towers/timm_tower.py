@@ -52,8 +52,9 @@ class TimmImageTower(nn.Module):
         self.config = config
         # Channels-last convolutions: oneDNN's (and cuDNN's) fast layout, in float32 too (about 2x for
         # EfficientNet-Lite0 on an AVX-512 CPU). The values, and the saved tensors, are unchanged.
-        self.trunk: Any = create_trunk(config).to(memory_format=torch.channels_last)
-        self.head = ProjectionHead(config.head, int(self.trunk.num_features), embed_dim, "vision")
+        trunk: Any = create_trunk(config).to(memory_format=torch.channels_last)
+        self.trunk = trunk
+        self.head = ProjectionHead(config.head, int(trunk.num_features), embed_dim, "vision")
 
     @property
     def num_features(self) -> int:
