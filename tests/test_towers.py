@@ -371,6 +371,11 @@ def test_bf16_rows_stay_within_cosine_0999_of_fp32(root):
     assert next(bf16.inference_model.visual.trunk.conv_stem.parameters()).dtype == torch.bfloat16
     assert bf16.inference_model.visual.trunk.bn1.weight.dtype == torch.float32  # norms stay float32
     assert bf16.model.visual.trunk.conv_stem.weight.dtype == torch.float32  # the master is untouched
+    from cliplab.inference import _fused_linear_available
+    from cliplab.model.towers.inference import OneDNNLinear
+
+    if _fused_linear_available():  # the text tower's linear layers run through oneDNN
+        assert isinstance(bf16.inference_model.text.transformer.encoder.layer[0].intermediate.dense, OneDNNLinear)
 
 
 def test_commands_run_unchanged_on_a_towers_model(root, tmp_path, capsys):
