@@ -357,6 +357,32 @@ def test_fingerprints_differ_for_different_towers_and_stay_unchanged_for_cliplab
     assert native.identity.fingerprint == digest.hexdigest()
 
 
+def test_a_towers_fingerprint_follows_its_trunk_and_inputs_not_its_head(root):
+    from cliplab.model.towers.fingerprint import tower_fingerprint
+
+    clip = cliplab.build(towers_config(root))
+    vision, text = tower_fingerprint(clip.model, "vision"), tower_fingerprint(clip.model, "text")
+    assert vision != text
+    with torch.no_grad():
+        clip.model.visual.head.fc1.weight.add_(1.0)  # training a head does not invalidate cached trunk features
+        clip.model.text.head.proj.weight.add_(1.0)
+    assert (tower_fingerprint(clip.model, "vision"), tower_fingerprint(clip.model, "text")) == (vision, text)
+    assert tower_fingerprint(clip.model, "vision", heads=True) != tower_fingerprint(
+        cliplab.build(towers_config(root)).model, "vision", heads=True
+    )
+    with torch.no_grad():
+        clip.model.visual.trunk.conv_stem.weight[0, 0, 0, 0] += 1e-3  # a trunk weight does
+        clip.model.text.transformer.embeddings.word_embeddings.weight[5, 0] += 1e-3
+    assert tower_fingerprint(clip.model, "vision") != vision and tower_fingerprint(clip.model, "text") != text
+    other_preprocess = {**clip.preprocess.config.to_dict(), "interpolation": "bilinear"}
+    assert tower_fingerprint(clip.model, "vision", other_preprocess) != tower_fingerprint(clip.model, "vision")
+    shorter = cliplab.build(towers_config(root, context_length=12))
+    fresh = cliplab.build(towers_config(root))
+    assert tower_fingerprint(shorter.model, "text") != tower_fingerprint(fresh.model, "text")  # the tokenizer
+    native = cliplab.build(towers_config(root, vision="native", text="native"))
+    assert len({tower_fingerprint(native.model, "vision"), tower_fingerprint(native.model, "text")}) == 2
+
+
 # --------------------------------------------------------------------------- inference and commands
 
 

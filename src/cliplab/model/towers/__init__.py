@@ -6,5 +6,6 @@ and the modules that build towers import their library when a tower is built.
 """
 
 from .configs import HEAD_TYPES, HF_POOLINGS, HeadConfig, HFTextConfig, TimmVisionConfig
+from .fingerprint import tower_fingerprint
 
-__all__ = ["HEAD_TYPES", "HF_POOLINGS", "HFTextConfig", "HeadConfig", "TimmVisionConfig"]
+__all__ = ["HEAD_TYPES", "HF_POOLINGS", "HFTextConfig", "HeadConfig", "TimmVisionConfig", "tower_fingerprint"]
