@@ -286,6 +286,11 @@ def test_hub_sources_without_a_network_say_what_to_fetch_and_where_to_put_it(mon
         cliplab.build(cliplab.CLIPConfig(embed_dim=8, text=HFTextConfig("package:no_such_package/model")))
 
 
+def test_a_context_longer_than_the_text_towers_positions_is_refused(root):
+    with pytest.raises(CheckpointError, match="context_length 41 exceeds the roberta text tower's 40 positions"):
+        cliplab.build(towers_config(root, vision="native", text="roberta", context_length=41))
+
+
 def test_a_folder_without_its_tokenizer_files_is_named(root, tmp_path):
     shutil.copytree(root / "bert", tmp_path / "bert")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):

@@ -152,15 +152,20 @@ def resolve_hf_config(config: HFTextConfig, folder: Path, tokenizer: Any) -> lis
             f"the text tower's pad_token_id is {hf['pad_token_id']} but its tokenizer pads with "
             f"{tokenizer.pad_token_id}: they must agree (padding is masked by its id)"
         )
+    positions = int(hf.get("max_position_embeddings") or 0)
+    if positions and hf.get("model_type") in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"):
+        positions -= int(hf["pad_token_id"]) + 1  # RoBERTa numbers positions from pad + 1
     if not config.context_length:
-        positions = int(hf.get("max_position_embeddings") or 0)
-        if positions and hf.get("model_type") in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"):
-            positions -= int(hf["pad_token_id"]) + 1  # RoBERTa numbers positions from pad + 1
         limits = [n for n in (positions, tokenizer.model_max_length) if n]
         if not limits:
             raise ValueError("the text tower records no maximum length: give it a context_length")
         config.context_length = min(limits)
         notes.append(f"text context length {config.context_length} from the tower")
+    elif positions and config.context_length > positions:
+        raise ValueError(
+            f"context_length {config.context_length} exceeds the {hf.get('model_type')} text tower's {positions} "
+            f"positions: choose at most {positions} (or 0 for the tower's)"
+        )
     return notes
 
 
