@@ -3,7 +3,8 @@
 ``export_onnx(pipeline, folder)`` writes
 
 * ``image_encoder.onnx``: ``pixels`` float32 ``[batch, 3, n, n]`` -> ``image_features`` ``[batch, embed_dim]``;
-* ``text_encoder.onnx``: ``token_ids`` int64 ``[batch, context_length]`` -> ``text_features`` ``[batch, embed_dim]``;
+* ``text_encoder.onnx``: ``token_ids`` int64 ``[batch, context_length]`` -> ``text_features`` ``[batch, embed_dim]``
+  (for a Hugging Face text tower, rows padded with its padding id, and its tokenizer files in ``tokenizer/``);
 * ``cliplab_onnx.json``: the preprocessing settings, the tokenizer's context length and special ids,
   the embedding size and the logit scale.
 
@@ -19,7 +20,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -65,6 +66,7 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, encoders: tuple[s
     token_ids = torch.zeros(2, context, dtype=torch.long)
     token_ids[:, 0], token_ids[:, -1] = pipeline.tokenizer.sot_token_id, pipeline.tokenizer.eot_token_id
     batch = {0: "batch"}
+    hf_text = bool(getattr(model, "has_text_tower", False))
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer's notes on Python-side shape logic: the end-token slice is traced at full length, on purpose.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -92,16 +94,20 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, encoders: tuple[s
                 opset_version=OPSET,
                 dynamic_axes={"token_ids": batch, "text_features": batch},
             )
+    tokenizer: dict[str, Any] = {
+        "context_length": context,
+        "sot_id": pipeline.tokenizer.sot_token_id,
+        "eot_id": pipeline.tokenizer.eot_token_id,
+        "pad_id": getattr(pipeline.tokenizer, "pad_token_id", 0),
+    }
+    if hf_text:  # the text tower's own tokenizer, in the Hugging Face layout, for runtimes without cliplab
+        tokenizer.update(kind="huggingface", folder="tokenizer")
+        pipeline.model.tokenizer.save(folder / "tokenizer")
     settings = {
         "image_encoder": "image_encoder.onnx" if "image" in encoders else None,
         "text_encoder": "text_encoder.onnx" if "text" in encoders else None,
         "preprocess": pipeline.preprocess.config.to_dict(),
-        "tokenizer": {
-            "context_length": context,
-            "sot_id": pipeline.tokenizer.sot_token_id,
-            "eot_id": pipeline.tokenizer.eot_token_id,
-            "pad_id": 0,
-        },
+        "tokenizer": tokenizer,
         "embed_dim": pipeline.embed_dim,
         "logit_scale": pipeline.logit_scale,
         "outputs": "projected, unnormalised features (L2-normalise before comparing)",

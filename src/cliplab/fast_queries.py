@@ -45,12 +45,18 @@ def _tokenizer_spec(tokenizer: Any, context_length: int) -> dict | None:
     """How to rebuild ``tokenizer`` without torch, or ``None`` for a kind this module cannot rebuild."""
     if isinstance(tokenizer, Tokenizer) and Path(tokenizer.vocab_path) == DEFAULT_VOCAB_PATH:
         return {"kind": "clip-bpe", "context_length": context_length}
+    if getattr(tokenizer, "fingerprint", {}).get("kind") == "huggingface":  # its files: tokenizer/ of the export
+        return {"kind": "huggingface", "folder": "tokenizer", "context_length": context_length}
     return None
 
 
-def _build_tokenizer(spec: dict) -> Tokenizer | None:
+def _build_tokenizer(spec: dict, folder: Path) -> Any:
     if spec.get("kind") == "clip-bpe":
         return Tokenizer(context_length=int(spec["context_length"]))
+    if spec.get("kind") == "huggingface":  # a Hugging Face text tower's (tokenizers, no torch)
+        from .model.towers.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer.from_folder(folder / spec["folder"], int(spec["context_length"]))
     return None
 
 
@@ -58,7 +64,7 @@ class OnnxTextQueries:
     """A text encoder for queries: ``embed_texts`` returns L2-normalised float32 rows, as
     :meth:`cliplab.Pipeline.embed_texts` does. It answers only for the model of :attr:`identity`."""
 
-    def __init__(self, identity: ModelIdentity, tokenizer: Tokenizer, session: Any):
+    def __init__(self, identity: ModelIdentity, tokenizer: Any, session: Any):
         self.identity = identity
         self.tokenizer = tokenizer
         self.session = session
@@ -81,7 +87,7 @@ class OnnxTextQueries:
             if settings.get("format") != FORMAT_VERSION:
                 return None
             identity = ModelIdentity(**settings["model"])
-            tokenizer = _build_tokenizer(settings["tokenizer"])
+            tokenizer = _build_tokenizer(settings["tokenizer"], folder)
             import onnxruntime
         except (OSError, ValueError, KeyError, TypeError, ImportError):
             return None
