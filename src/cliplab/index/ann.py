@@ -19,13 +19,17 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..extras import require
 from .store import StoreError
 
-faiss = require("faiss", "search", "cliplab's search indexes")
+if TYPE_CHECKING:
+    import faiss
+else:
+    faiss = require("faiss", "search", "cliplab's search indexes")
 
 EXACT_LIMIT = 20_000
 TARGET_RECALL = 0.97
@@ -81,7 +85,7 @@ class VectorIndex:
 
     def remove(self, ids: np.ndarray) -> None:
         if len(ids):
-            self.index.remove_ids(np.asarray(ids, np.int64))
+            self.index.remove_ids(np.asarray(ids, np.int64))  # type: ignore[arg-type]  # SWIG takes arrays
             self.ids = np.setdiff1d(self.ids, ids, assume_unique=True)
 
     def sync(self, store_ids: np.ndarray, new_ids: np.ndarray, new_vectors: np.ndarray) -> None:

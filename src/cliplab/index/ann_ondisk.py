@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,7 +42,10 @@ from ..extras import require
 from ..files import atomic_write_bytes, atomic_write_text
 from .vector_codes import VectorCodes
 
-faiss = require("faiss", "search", "cliplab's search indexes")
+if TYPE_CHECKING:
+    import faiss
+else:
+    faiss = require("faiss", "search", "cliplab's search indexes")
 
 COMPRESSED_LIMIT = 1_000_000  # vectors of one kind past which a store switches to this index
 SHARD_ROWS = 1_000_000

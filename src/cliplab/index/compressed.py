@@ -22,6 +22,7 @@ import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,7 +32,10 @@ from ..files import atomic_write_bytes
 from . import ann_ondisk as od
 from .ann_ondisk import CompressedIndex, CompressedParams
 
-faiss = require("faiss", "search", "cliplab's search indexes")
+if TYPE_CHECKING:
+    import faiss
+else:
+    faiss = require("faiss", "search", "cliplab's search indexes")
 
 REBUILD_GROWTH = 2.0
 REMOVED_LIMIT = 0.2

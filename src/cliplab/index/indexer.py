@@ -98,7 +98,7 @@ def decoded_batches(files: ImageFiles, batch_size: int, threads: int) -> Iterato
 
 def embed_decoded(pipeline, decoded: Sequence[DecodedFile]) -> np.ndarray:
     """L2-normalised float32 embeddings ``[len(decoded), embed_dim]`` of decoded files (all with pixels)."""
-    pixels = pipeline.preprocess.normalize(np.stack([d.pixels for d in decoded]))
+    pixels = pipeline.preprocess.normalize(np.stack([d.pixels for d in decoded if d.pixels is not None]))
     with torch.inference_mode():
         features = pipeline.encode_image(pixels)
     return F.normalize(features.float(), dim=-1).cpu().numpy()
@@ -262,7 +262,7 @@ def _embed_files(
             multiprocessing_context="fork",
         )
     else:
-        loader = decoded_batches(files, batch_size, torch.get_num_threads())
+        loader = decoded_batches(files, batch_size, torch.get_num_threads())  # type: ignore[assignment]
     with tqdm(total=len(entries), unit="img", desc="indexing images", disable=not progress) as bar:
         started = time.perf_counter()
         _commit_batches(pipeline, store, loader, stored, report, bar)
@@ -275,7 +275,7 @@ def _commit_batches(
 ) -> None:
     for batch in loader:
         fresh = [d for d in batch if d.pixels is not None and not is_unchanged(stored, d.entry.key, d.sha256)]
-        vectors = embed_decoded(pipeline, fresh) if fresh else []
+        vectors: np.ndarray | list[np.ndarray] = embed_decoded(pipeline, fresh) if fresh else []
         commit_decoded(store, batch, dict(zip((d.entry.key for d in fresh), vectors)), stored, report)
         bar.update(len(batch))
 

@@ -145,7 +145,7 @@ class Store:
     def __init__(self, root: str | os.PathLike, writer: bool = False, wait: bool = False, _lock=None):
         self.root = Path(root)
         database = self.root / DATABASE
-        self._db = None
+        self._db: sqlite3.Connection | None = None
         self._lock_file = _lock
         if writer and _lock is None:
             if not database.is_file():
@@ -166,7 +166,11 @@ class Store:
                 f"{self.root}: store format version {version!r}, this cliplab reads {SCHEMA_VERSION} and "
                 f"{CODES_SCHEMA_VERSION}"
             )
-        self.model = ModelIdentity.from_json(self.meta("model"))
+        model = self.meta("model")
+        if model is None:
+            self.close()
+            raise StoreError(f"{database} records no model: it is not a complete cliplab store")
+        self.model = ModelIdentity.from_json(model)
         self._codes: Any = None
 
     @property
@@ -184,6 +188,13 @@ class Store:
                 raise StoreError(f"{self.root} has no vectors/ folder: this store keeps its vectors in SQLite")
             self._codes = VectorCodes(self.root)
         return self._codes
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The open connection (a closed store raises :class:`StoreError`)."""
+        if self._db is None:
+            raise StoreError(f"{self.root} is closed")
+        return self._db
 
     @classmethod
     def create(cls, root: str | os.PathLike, model: ModelIdentity, wait: bool = False) -> Store:
@@ -216,16 +227,16 @@ class Store:
 
     def snapshot(self, read):
         """Run ``read()`` (several queries) inside one read transaction: one consistent snapshot."""
-        self._db.execute("BEGIN")
+        self.db.execute("BEGIN")
         try:
             return read()
         finally:
-            self._db.execute("COMMIT")
+            self.db.execute("COMMIT")
 
     @property
     def data_version(self) -> int:
         """Changes whenever another connection commits (SQLite's ``PRAGMA data_version``)."""
-        return self._db.execute("PRAGMA data_version").fetchone()[0]
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
 
     # -- lifecycle ------------------------------------------------------------------------------
     def release_in_child(self) -> None:
@@ -239,7 +250,7 @@ class Store:
             self._codes.close()
             self._codes = None
         if getattr(self, "_db", None) is not None:
-            self._db.close()
+            self.db.close()
             self._db = None
         if self._lock_file is not None:
             _release_lock(self._lock_file)
@@ -261,14 +272,14 @@ class Store:
 
     # -- metadata ------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     # -- reading --------------------------------------------------------------------------------
     def count(self, kind: str | None = None) -> int:
         if kind is None:
-            return self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-        return self._db.execute("SELECT COUNT(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
+            return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
 
     def items(self, ids: Sequence[int]) -> dict[int, Item]:
         """The items with these ids (missing ids are absent from the result)."""
@@ -277,7 +288,7 @@ class Store:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({marks})", chunk):
+            for row in self.db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({marks})", chunk):
                 found[row[0]] = Item(*row)
         return found
 
@@ -285,11 +296,11 @@ class Store:
         return self.items([item_id]).get(int(item_id))
 
     def item_by_key(self, key: str) -> Item | None:
-        row = self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE key = ?", (key,)).fetchone()
+        row = self.db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE key = ?", (key,)).fetchone()
         return Item(*row) if row else None
 
     def vector(self, item_id: int) -> np.ndarray | None:
-        row = self._db.execute("SELECT vector FROM items WHERE id = ?", (int(item_id),)).fetchone()
+        row = self.db.execute("SELECT vector FROM items WHERE id = ?", (int(item_id),)).fetchone()
         if row is None:
             return None
         if row[0]:
@@ -299,7 +310,7 @@ class Store:
     def vectors(self, kind: str, after_id: int = 0, up_to_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(ids int64 [N], vectors float32 [N, D])`` of one kind with ``after_id < id <= up_to_id``, in
         id order (in the ``codes`` layout, the vectors as their codes give them back)."""
-        rows = self._db.execute(
+        rows = self.db.execute(
             "SELECT id, vector FROM items WHERE kind = ? AND id > ? AND id <= ? ORDER BY id",
             (kind, after_id, _MAX_ID if up_to_id is None else int(up_to_id)),
         ).fetchall()
@@ -317,19 +328,19 @@ class Store:
 
     def ids_after(self, kind: str, after_id: int) -> np.ndarray:
         """Ids of one kind above ``after_id`` (a range of the primary key: cheap at any size)."""
-        rows = self._db.execute("SELECT id FROM items WHERE id > ? AND kind = ? ORDER BY id", (after_id, kind))
+        rows = self.db.execute("SELECT id FROM items WHERE id > ? AND kind = ? ORDER BY id", (after_id, kind))
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
     def has_sqlite_vectors(self) -> bool:
         """Whether any vector is still a float32 blob in SQLite (all of them in the ``sqlite`` layout; in
         the ``codes`` layout, those a conversion that was interrupted has not moved yet)."""
-        return self._db.execute("SELECT 1 FROM items WHERE length(vector) > 0 LIMIT 1").fetchone() is not None
+        return self.db.execute("SELECT 1 FROM items WHERE length(vector) > 0 LIMIT 1").fetchone() is not None
 
     def max_id(self) -> int:
-        return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0]
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0]
 
     def _has_removals_log(self) -> bool:
-        row = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'removals'").fetchone()
+        row = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'removals'").fetchone()
         return row is not None
 
     def ensure_removals_log(self) -> None:
@@ -339,54 +350,52 @@ class Store:
         if not self._has_removals_log():
             with self._write_errors():
                 for statement in _CODES_SCHEMA:
-                    self._db.execute(statement)
+                    self.db.execute(statement)
 
     def set_meta(self, key: str, value: str) -> None:
         self._require_writer()
         with self._write_errors():
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def removal_seq(self) -> int:
         """The position of the removals log (0 without one)."""
         if not self._has_removals_log():
             return 0
-        return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM removals").fetchone()[0]
+        return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM removals").fetchone()[0]
 
     def removals(self, kind: str, after_seq: int) -> tuple[np.ndarray, int]:
         """Ids of one kind removed since log position ``after_seq``, and the log's position now."""
         if not self._has_removals_log():
             return np.empty(0, np.int64), 0
-        rows = self._db.execute(
-            "SELECT seq, id, kind FROM removals WHERE seq > ? ORDER BY seq", (after_seq,)
-        ).fetchall()
+        rows = self.db.execute("SELECT seq, id, kind FROM removals WHERE seq > ? ORDER BY seq", (after_seq,)).fetchall()
         ids = np.fromiter((r[1] for r in rows if r[2] == kind), dtype=np.int64)
         return ids, (rows[-1][0] if rows else after_seq)
 
     def ids(self, kind: str) -> np.ndarray:
-        rows = self._db.execute("SELECT id FROM items WHERE kind = ? ORDER BY id", (kind,)).fetchall()
+        rows = self.db.execute("SELECT id FROM items WHERE kind = ? ORDER BY id", (kind,)).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def file_states(self) -> dict[str, tuple[int, int, int, str]]:
         """``key -> (id, size, mtime_ns, sha256)`` of every stored image."""
-        rows = self._db.execute("SELECT key, id, size, mtime_ns, sha256 FROM items WHERE kind = 'image'")
+        rows = self.db.execute("SELECT key, id, size, mtime_ns, sha256 FROM items WHERE kind = 'image'")
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
     def text_states(self) -> dict[str, tuple[int, str]]:
         """``key -> (id, caption)`` of every stored text."""
-        rows = self._db.execute("SELECT key, id, caption FROM items WHERE kind = 'text'")
+        rows = self.db.execute("SELECT key, id, caption FROM items WHERE kind = 'text'")
         return {r[0]: (r[1], r[2]) for r in rows}
 
     def failures(self) -> list[dict]:
-        rows = self._db.execute("SELECT key, path, reason, at FROM failures ORDER BY key").fetchall()
+        rows = self.db.execute("SELECT key, path, reason, at FROM failures ORDER BY key").fetchall()
         return [{"key": r[0], "path": r[1], "reason": r[2], "at": r[3]} for r in rows]
 
     def failure_states(self) -> dict[str, tuple[int, int]]:
-        rows = self._db.execute("SELECT key, size, mtime_ns FROM failures")
+        rows = self.db.execute("SELECT key, size, mtime_ns FROM failures")
         return {r[0]: (r[1], r[2]) for r in rows}
 
     def iter_items(self, kind: str | None = None) -> Iterator[Item]:
         query = f"SELECT {_ITEM_COLUMNS} FROM items" + (" WHERE kind = ?" if kind else "") + " ORDER BY id"
-        for row in self._db.execute(query, (kind,) if kind else ()):
+        for row in self.db.execute(query, (kind,) if kind else ()):
             yield Item(*row)
 
     def stats(self) -> dict:
@@ -397,7 +406,7 @@ class Store:
             "embed_dim": self.model.embed_dim,
             "images": self.count("image"),
             "texts": self.count("text"),
-            "failures": self._db.execute("SELECT COUNT(*) FROM failures").fetchone()[0],
+            "failures": self.db.execute("SELECT COUNT(*) FROM failures").fetchone()[0],
         }
 
     # -- writing (one transaction per call) ----------------------------------------------------------
@@ -405,7 +414,7 @@ class Store:
     def _write_errors(self):
         """One transaction; a full disk becomes a :class:`StoreError` that says what was kept."""
         try:
-            with self._db:
+            with self.db:
                 yield
         except (sqlite3.OperationalError, OSError) as error:
             if _disk_full(error):
@@ -435,8 +444,8 @@ class Store:
         new_ids, new_vectors = [], []
         with self._write_errors():
             for key in delete_keys:
-                self._db.execute("DELETE FROM items WHERE key = ?", (key,))
-                self._db.execute("DELETE FROM failures WHERE key = ?", (key,))
+                self.db.execute("DELETE FROM items WHERE key = ?", (key,))
+                self.db.execute("DELETE FROM failures WHERE key = ?", (key,))
             for item in items:
                 vector = np.ascontiguousarray(item.vector, dtype=np.float32)
                 if vector.shape != (self.model.embed_dim,):
@@ -444,9 +453,9 @@ class Store:
                         f"vector of {item.key} has shape {vector.shape}, store holds {self.model.embed_dim}"
                     )
                 # A changed file gets a new id, so ANN indexes see it as removed + added.
-                self._db.execute("DELETE FROM items WHERE key = ?", (item.key,))
-                self._db.execute("DELETE FROM failures WHERE key = ?", (item.key,))
-                cursor = self._db.execute(
+                self.db.execute("DELETE FROM items WHERE key = ?", (item.key,))
+                self.db.execute("DELETE FROM failures WHERE key = ?", (item.key,))
+                cursor = self.db.execute(
                     "INSERT INTO items (key, kind, path, size, mtime_ns, sha256, caption, vector) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -464,13 +473,13 @@ class Store:
                     new_ids.append(cursor.lastrowid)
                     new_vectors.append(vector)
             for key, path, size, mtime_ns, reason in failures:
-                self._db.execute("DELETE FROM items WHERE key = ?", (key,))
-                self._db.execute(
+                self.db.execute("DELETE FROM items WHERE key = ?", (key,))
+                self.db.execute(
                     "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
                     (key, path, size, mtime_ns, reason, now),
                 )
             for key, size, mtime_ns in touches:
-                self._db.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
+                self.db.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
             if new_ids:
                 # Durable before the commit: a kill in between leaves codes no committed item points to.
                 self.codes.write(np.array(new_ids, np.int64), np.stack(new_vectors))
@@ -489,7 +498,7 @@ class Store:
 
         self._require_writer()
         if not VectorCodes.exists(self.root):
-            rows = self._db.execute(
+            rows = self.db.execute(
                 "SELECT vector FROM items WHERE length(vector) > 0 ORDER BY random() LIMIT 65536"
             ).fetchall()
             if not rows:
@@ -498,12 +507,12 @@ class Store:
             VectorCodes.train(self.root, sample, codec)
         with self._write_errors():
             for statement in _CODES_SCHEMA:
-                self._db.execute(statement)
-            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(CODES_SCHEMA_VERSION),))
-        total = self._db.execute("SELECT COUNT(*) FROM items WHERE length(vector) > 0").fetchone()[0]
+                self.db.execute(statement)
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(CODES_SCHEMA_VERSION),))
+        total = self.db.execute("SELECT COUNT(*) FROM items WHERE length(vector) > 0").fetchone()[0]
         bar = tqdm(total=total, unit="vector", desc="moving vectors into codes", disable=not progress)
         while True:
-            rows = self._db.execute(
+            rows = self.db.execute(
                 "SELECT id, vector FROM items WHERE length(vector) > 0 ORDER BY id LIMIT ?", (chunk,)
             ).fetchall()
             if not rows:
@@ -511,12 +520,12 @@ class Store:
             ids = np.array([r[0] for r in rows], np.int64)
             self.codes.write(ids, np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
             with self._write_errors():
-                self._db.executemany("UPDATE items SET vector = x'' WHERE id = ?", [(int(i),) for i in ids])
+                self.db.executemany("UPDATE items SET vector = x'' WHERE id = ?", [(int(i),) for i in ids])
             bar.update(len(rows))
         bar.close()
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._db.execute("VACUUM")
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def read_store_model(root: str | os.PathLike) -> ModelIdentity | None:

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..extras import require
 from ..files import atomic_write_bytes
 
-faiss = require("faiss", "search", "cliplab's search indexes")
+if TYPE_CHECKING:
+    import faiss
+else:
+    faiss = require("faiss", "search", "cliplab's search indexes")
 
 FOLDER = "vectors"
 CODEC_FILE = "codec.faiss"
