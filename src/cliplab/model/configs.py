@@ -47,7 +47,7 @@ class VisionConfig:
     @property
     def grid_size(self) -> int:
         """Side of the token grid: patches per side (ViT) or the final feature map (ResNet, stride 32)."""
-        return self.image_size // 32 if self.is_resnet else self.image_size // self.patch_size  # type: ignore[operator]
+        return self.image_size // 32 if self.is_resnet else self.image_size // self.patch_size
 
 
 @dataclass
