@@ -33,7 +33,7 @@ class VisionConfig:
             self.layers = tuple(self.layers)
         if self.is_resnet:
             self.patch_size = None
-            if len(self.layers) != 4:  # type: ignore[arg-type]
+            if len(self.layers) != 4:
                 raise ValueError(f"a ResNet image tower needs 4 stage depths, got layers={self.layers}")
         elif not self.patch_size:
             raise ValueError("a Vision Transformer image tower needs patch_size")

@@ -59,7 +59,7 @@ def tower_inference_model(model: nn.Module, dtype: torch.dtype, device: torch.de
     if device.type == "cpu" and _fused_linear_available():  # cliplab's own towers, as in inference_model
         masters = [m for m in model.modules() if isinstance(m, Transformer)]
         for ours, master in zip([m for m in fast.modules() if isinstance(m, Transformer)], masters):
-            ours.resblocks = nn.ModuleList(FusedBlock(block, dtype).to(device) for block in master.resblocks)  # type: ignore[arg-type]
+            ours.resblocks = nn.ModuleList(FusedBlock(block, dtype).to(device) for block in master.resblocks)
         if dtype == torch.bfloat16:
             _replace_linears(fast)
     return fast
