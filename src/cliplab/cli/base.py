@@ -144,10 +144,10 @@ def add_model(parser: argparse.ArgumentParser, default_hint: str = DEFAULT_MODEL
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     group.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=("auto", "fp32", "bf16", "int8"),
         default="auto",
         help="what the encoders compute in; auto: bf16 where the hardware has it natively, "
-        "fp32 for small one-shot work",
+        "fp32 for small one-shot work; int8: CPUs with VNNI or AMX, fastest with `cliplab calibrate` first",
     )
     add_activation(group)
 

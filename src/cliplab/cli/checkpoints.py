@@ -63,8 +63,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from ..api import resolve_model_path
     from ..checkpoints import CheckpointError, build_model, read_checkpoint
+    from ..quantize import Calibration, calibration_path
 
-    ckpt = read_checkpoint(resolve_model_path(args.checkpoint), quick_gelu=args.quick_gelu)
+    path = resolve_model_path(args.checkpoint)
+    ckpt = read_checkpoint(path, quick_gelu=args.quick_gelu)
     try:
         build_model(ckpt)  # the weights must fit the architecture the files describe
     except CheckpointError as error:
@@ -78,6 +80,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         "preprocess": ckpt.preprocess,
         "notes": ckpt.notes,
     }
+    stored = calibration_path(path)
+    calibration = Calibration.load(stored) if stored.is_file() else None
+    if calibration is not None:
+        info["int8_calibration"] = {"path": str(stored), **calibration.to_dict()}
+        del info["int8_calibration"]["ranges"]
     if args.json:
         print_json(info)
         return 0
@@ -95,4 +102,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     for note in ckpt.notes:
         print(f"  note: {note}")
+    if calibration is not None:
+        print(
+            f"  int8         calibrated {calibration.created or '(no date)'} on {calibration.images} images and "
+            f"{calibration.texts} texts: {calibration.describe_layers()}"
+        )
+        for tower, q in calibration.quality.items():
+            print(
+                f"               int8 vs fp32 {tower}: cosine min {q['cosine_min']:.5f}, mean {q['cosine_mean']:.5f}"
+                f" (first {int(q['count'])} calibration inputs)"
+            )
+    else:
+        print("  int8         not calibrated (--precision int8 quantizes per token; see `cliplab calibrate`)")
     return 0
