@@ -322,4 +322,100 @@ def test_precision_int8_on_every_command_that_loads_a_model(tmp_path, capsys):
     for argv in runs:
         assert main([*argv, *model]) == 0, argv
     capsys.readouterr()
-    # serve: the same loading path; its app runs on an int8 pipeline in test_quantize_store.py
+    # serve: the same loading path; test_store_and_service_run_with_an_int8_model runs its app on int8
+
+
+def test_store_and_service_run_with_an_int8_model(tmp_path):
+    """A store indexed in int8 is searched by the service in int8, and by fp32 and bf16 pipelines too: the
+    store's fingerprint is the model's (weights, preprocessing), not the precision's."""
+    pytest.importorskip("faiss")
+    from fastapi.testclient import TestClient
+    from test_index import write_images
+
+    from cliplab.index import Searcher, index_paths
+    from cliplab.serve import ServeSettings, create_app
+
+    write_checkpoint(random_model(get_preset("ViT-nano"), seed=1), tmp_path / "model", "cliplab")
+    photos = write_images(tmp_path / "photos", 12)
+    (tmp_path / "captions.csv").write_text("id,text\nc1,a red square\nc2,a blue circle\nc3,two dogs in snow\n")
+    int8 = cliplab.load(tmp_path / "model", device="cpu", precision="int8")
+    int8.calibrate(sample_images(16, seed=0), texts(seed=0)).save(calibration_path(tmp_path / "model"))
+    int8 = cliplab.load(tmp_path / "model", device="cpu", precision="int8")
+    assert int8_summary(int8.inference_model)["dynamic"] == 0
+    store = tmp_path / "store"
+    index_paths(int8, store, [tmp_path / "photos"], captions=tmp_path / "captions.csv", workers=0, progress=False)
+
+    client = TestClient(create_app(int8, str(store), ServeSettings()))
+    assert client.get("/api/health").json()["images"] == 12
+    hits = client.get("/api/search", params={"q": "two dogs in snow", "k": 3, "target": "text"}).json()["hits"]
+    assert hits[0]["text"] == "two dogs in snow" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    photo = photos[5].read_bytes()
+    by_image = client.post("/api/search/image", files={"file": ("q.png", photo)}, data={"k": "3"}).json()["hits"]
+    assert by_image[0]["name"] == photos[5].name and by_image[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+    for precision in ("fp32", "bf16"):  # the same model in another precision may search the int8 store
+        other = cliplab.load(tmp_path / "model", device="cpu", precision=precision)
+        assert other.identity == int8.identity
+        with Searcher(other, store) as searcher:
+            hit = searcher.image(str(photos[5]), k=1)[0]
+            assert hit.item.path.endswith(photos[5].name) and hit.score >= 0.99
+            assert searcher.text("two dogs in snow", k=1, target="text")[0].item.caption == "two dogs in snow"
+
+
+@pytest.mark.parametrize("name", ["vit-quickgelu", "rn-gelu"])
+def test_onnx_int8_export_matches_cliplab_int8(name, tmp_path):
+    """QDQ graphs with cliplab's int8 weights and calibrated scales: ONNX Runtime runs them in its int8
+    kernels and gives cliplab's int8 features (attention in float32 on both sides)."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from cliplab.quantize import int8_model
+    from cliplab.quantize.calibrate import pixel_range
+
+    model = random_model(SMALL_CONFIGS[name]())
+    pipeline = cliplab.Pipeline(model, device="cpu", precision="int8")
+    with pytest.raises(ValueError, match="needs a calibration"):
+        pipeline.export_onnx(tmp_path / "none")
+    calibration = pipeline.calibrate(sample_images(16, seed=0), texts(seed=0))
+    folder = pipeline.export_onnx(tmp_path / "onnx")
+    assert json.loads((folder / "cliplab_onnx.json").read_text())["precision"] == "int8"
+    reference = int8_model(model, calibration, pixel_range(pipeline), attention_dtype=torch.float32)
+
+    def matrices(tower: torch.nn.Module) -> int:
+        return sum(
+            4 if isinstance(m, Int8Block) else 1
+            for m in tower.modules()
+            if isinstance(m, (Int8Block, Int8Linear, Int8Conv2d))
+        )
+
+    pixels, ids = pipeline.preprocess.batch(sample_images(5, seed=1)), pipeline.tokenize(texts(seed=1)[:7])
+    full = torch.zeros(len(ids), 77, dtype=torch.long)
+    full[:, : ids.shape[1]] = ids  # the graph runs all 77 positions and reads each row at its end token
+    for graph, inputs, encode, tower in (
+        ("image_encoder.onnx", {"pixels": pixels.numpy()}, lambda: reference.encode_image(pixels), reference.visual),
+        ("text_encoder.onnx", {"token_ids": full.numpy()}, lambda: reference.encode_text(ids), reference.transformer),
+    ):
+        stored = onnx.load(str(folder / graph)).graph
+        int8_weights = [i for i in stored.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1]
+        assert len(int8_weights) == matrices(tower), graph  # every int8 layer's weight is stored as int8
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"optimized_{graph}")
+        session = ort.InferenceSession(str(folder / graph), options, providers=["CPUExecutionProvider"])
+        fused = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+        assert fused & {"MatMulIntegerToFloat", "QLinearMatMul", "QLinearConv"}, fused  # int8 kernels
+        ours = session.run(None, inputs)[0]
+        with torch.inference_mode():
+            expected = encode()
+        assert cosine_min(torch.from_numpy(ours), expected) >= 0.9999, graph
+
+
+def test_convert_to_onnx_int8_on_the_command_line(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    write_checkpoint(random_model(get_preset("ViT-nano")), tmp_path / "model", "cliplab")
+    model = str(tmp_path / "model")
+    assert main(["convert", model, str(tmp_path / "onnx"), "--to", "onnx", "--int8"]) == 1
+    assert "no int8 calibration at" in capsys.readouterr().err
+    (tmp_path / "texts.txt").write_text("\n".join(texts(seed=0)))
+    assert main(["calibrate", model, "--texts", str(tmp_path / "texts.txt"), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["convert", model, str(tmp_path / "onnx"), "--to", "onnx", "--int8", "--json"]) == 1
+    assert "needs a calibration" in capsys.readouterr().err  # images were not calibrated: that tower is per token

@@ -116,20 +116,21 @@ class Pipeline:
         call :meth:`refresh` after changing ``model``'s weights)."""
         if self._inference_model is None:
             if self.int8:
-                calibration = self._usable_calibration()
+                calibration = self.int8_calibration
                 self._inference_model = int8_model(self.model, calibration, pixel_range(self), attention_dtype())
             else:
                 self._inference_model = inference_model(self.model, self.dtype, self.device)
         return self._inference_model
 
-    def _usable_calibration(self) -> Calibration | None:
-        """:attr:`calibration` if it was made for these weights; else None, with a warning."""
+    @property
+    def int8_calibration(self) -> Calibration | None:
+        """:attr:`calibration` if it was made for these weights; else None (with a warning if it was not)."""
         if self.calibration is not None and self.calibration.fingerprint != self.identity.fingerprint:
             warnings.warn(
                 f"the int8 calibration of {self.name or 'this model'} was made for other weights; ignoring it "
                 "(int8 quantizes per token): run `cliplab calibrate` again",
                 Int8Warning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return None
         return self.calibration
@@ -216,10 +217,11 @@ class Pipeline:
         """Cosine similarities ``[n_images, n_texts]``."""
         return self.embed_images(images) @ self.embed_texts(texts).T
 
-    def export_onnx(self, folder: str | os.PathLike) -> Path:
-        """Write ``image_encoder.onnx``, ``text_encoder.onnx`` and their settings to ``folder`` (float32;
-        see :mod:`cliplab.export`; needs the ``onnx`` extra)."""
-        return export_onnx(self, folder)
+    def export_onnx(self, folder: str | os.PathLike, int8: bool | None = None) -> Path:
+        """Write ``image_encoder.onnx``, ``text_encoder.onnx`` and their settings to ``folder``: float32, or
+        int8 QDQ graphs from :attr:`calibration` (``int8``, default: whether this pipeline runs int8; see
+        :mod:`cliplab.export`; needs the ``onnx`` extra)."""
+        return export_onnx(self, folder, int8=self.int8 if int8 is None else int8)
 
     def save(self, dest: str | os.PathLike, format: str = "cliplab", metadata: dict | None = None) -> Path:
         """Write the model in ``format`` (``cliplab``, ``open_clip``, ``huggingface``, ``openai``)."""

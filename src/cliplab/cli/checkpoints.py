@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .base import add_activation, add_command, add_json, print_json
+from .base import CommandError, add_activation, add_command, add_json, print_json
 
 #: :data:`cliplab.checkpoints.FORMATS` (kept here so that the parser does not import torch; a test
 #: checks that the two agree), plus ONNX.
@@ -22,6 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             "cliplab convert ViT-B-32.pt exported/ --to huggingface",
             "cliplab convert runs/mini/model oc/ --to open_clip",
             "cliplab convert cliplab-mini onnx/ --to onnx",
+            "cliplab convert cliplab-mini onnx-int8/ --to onnx --int8   # after `cliplab calibrate cliplab-mini ...`",
         ],
     )
     p.add_argument("source", help="checkpoint path or name")
@@ -31,6 +32,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=CONVERT_FORMATS,
         default="cliplab",
         help="a checkpoint format, or onnx: image_encoder.onnx + text_encoder.onnx (needs cliplab[onnx])",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --to onnx: int8 QDQ graphs from the model's calibration (see `cliplab calibrate`)",
     )
     add_json(p)
     add_activation(p)
@@ -48,14 +54,24 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..api import load
+    from ..api import load, resolve_model_path
+    from ..quantize import Calibration, calibration_path
 
+    if args.int8 and args.to != "onnx":
+        raise CommandError("--int8 applies to --to onnx only: checkpoints keep the float32 weights")
     clip = load(args.source, device="cpu", quick_gelu=args.quick_gelu, precision="fp32")
-    written = clip.export_onnx(args.dest) if args.to == "onnx" else clip.save(args.dest, format=args.to)
+    if args.int8:
+        stored = calibration_path(resolve_model_path(args.source))
+        if not stored.is_file():
+            raise CommandError(
+                f"no int8 calibration at {stored}: run `cliplab calibrate {args.source} IMAGES... --texts FILE`"
+            )
+        clip.calibration = Calibration.load(stored)
+    written = clip.export_onnx(args.dest, int8=args.int8) if args.to == "onnx" else clip.save(args.dest, format=args.to)
     print(
-        json.dumps({"source": args.source, "dest": str(written), "format": args.to})
+        json.dumps({"source": args.source, "dest": str(written), "format": args.to, "int8": args.int8})
         if args.json
-        else f"wrote {args.to} {'encoders' if args.to == 'onnx' else 'checkpoint'} to {written}"
+        else f"wrote {args.to}{' int8' if args.int8 else ''} {'encoders' if args.to == 'onnx' else 'checkpoint'} to {written}"
     )
     return 0
 

@@ -55,6 +55,15 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x / scale).round_().to(torch.int8), scale
 
 
+def fake_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``x`` quantized to uint8 and back, as ops that export to ONNX QuantizeLinear + DequantizeLinear."""
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+
+
+def fake_int8(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.fake_quantize_per_tensor_affine(x, scale, 0, -128, 127)
+
+
 class Int8Matrix:
     """A weight ``[out, in]`` as int8 per output channel, prepacked for oneDNN, and its float32 bias.
 
@@ -71,6 +80,13 @@ class Int8Matrix:
 
     def dequantized(self) -> torch.Tensor:
         return self.qweight.float() * self.weight_scale[:, None]
+
+    def dequantized_t(self, row_factor: torch.Tensor | None = None) -> torch.Tensor:
+        """The int8 weight as float32, transposed (``[in, out]``), for ONNX export (whose post-processing in
+        :mod:`.onnx` stores it back as int8: each column's largest magnitude is exactly 127 steps).
+        ``row_factor`` rescales output channels."""
+        scale = self.weight_scale if row_factor is None else self.weight_scale * row_factor
+        return (self.qweight.float() * scale[:, None]).t()
 
     def __call__(
         self,
@@ -133,7 +149,14 @@ class Int8Linear(nn.Module):
     def static(self) -> bool:
         return self.qparams is not None
 
+    exporting = False  # set by cliplab.quantize.onnx: compute with ONNX-exportable fake quantization
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exporting:
+            if self.qparams is None:
+                raise ValueError("ONNX export of int8 needs a calibration (per-token scales have no ONNX form)")
+            y = fake_uint8(x.float(), *self.qparams) @ self.matrix.dequantized_t()
+            return y if self.matrix.bias is None else y + self.matrix.bias
         rows = x.reshape(-1, self.in_features)
         if self.qparams is not None:
             y = self.matrix(quantize_uint8(rows, *self.qparams), *self.qparams)
@@ -178,7 +201,14 @@ class Int8Conv2d(nn.Module):
         self.out_channels = weight.shape[0]
         self.register_buffer("weight", torch.empty(0), persistent=False)  # see Int8Linear
 
+    exporting = False  # see Int8Linear
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exporting:
+            weight = self.qweight.float() * self.weight_scale[:, None, None, None]  # stored back as int8 in .onnx
+            stride, padding, dilation, groups = self.conv_args
+            y = F.conv2d(fake_uint8(x.float(), *self.qparams), weight, self.bias, stride, padding, dilation, groups)
+            return torch.relu(y) if self.activation == "relu" else y
         xq = quantize_uint8(x.float(), *self.qparams)
         return torch.ops.onednn.qconv_pointwise(
             xq, *self.qparams, self.packed, self.weight_scale, self.weight_zero_point, self.bias,
@@ -245,7 +275,11 @@ class Int8Block(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return out.transpose(1, 2).reshape(n * length, self.width)
 
+    exporting = False  # see Int8Linear
+
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        if self.exporting:
+            return self._fake_quantized(x.float(), causal)
         n, length, width = x.shape
         x = x.float().reshape(n * length, width)
         if not self.static:
@@ -278,6 +312,27 @@ class Int8Block(nn.Module):
         h = self.fc.dynamic(h)
         h = F.silu(h) if self.quick else F.gelu(h)  # c_fc carries 1.702 (QuickGELU) folded in
         return x + self.proj.dynamic(h)
+
+    def _fake_quantized(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        """The static forward in float32 with fake quantization, for ONNX export: the same int8 values and
+        scales (values in their own units, the attention output quantized with its scale)."""
+        if not self.static:
+            raise ValueError("ONNX export of int8 needs a calibration (per-token scales have no ONNX form)")
+        width, heads = self.width, self.heads
+        assert self.qkv.bias is not None and self.out.bias is not None and self.fc.bias is not None
+        with torch.no_grad():  # made of constants only, so the exporter folds them into initializers
+            v_rows = torch.cat([torch.ones(2 * width), torch.full((width,), self.s_attn)])  # undo the pre-division
+            qkv_weight, qkv_bias = self.qkv.dequantized_t(v_rows).contiguous(), self.qkv.bias * v_rows
+        h = F.layer_norm(x, (width,), self.ln_1.weight, self.ln_1.bias, self.ln_1.eps)
+        qkv = fake_uint8(h, *self.q_in) @ qkv_weight + qkv_bias
+        q, k, v = qkv.unflatten(-1, (3, heads, width // heads)).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).flatten(2)
+        x = x + fake_int8(attended, self.s_attn) @ self.out.dequantized_t() + self.out.bias
+        h = F.layer_norm(x, (width,), self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+        h = fake_uint8(h, *self.q_fc) @ self.fc.dequantized_t() + self.fc.bias
+        h = F.silu(h) if self.quick else F.gelu(h)
+        h = fake_uint8(h, *self.q_proj) @ self.proj.dequantized_t()
+        return x + (h if self.proj.bias is None else h + self.proj.bias)
 
     def extra_repr(self) -> str:
         return f"width={self.width}, heads={self.heads}, {'static' if self.static else 'dynamic'}"
