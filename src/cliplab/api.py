@@ -136,7 +136,7 @@ class Pipeline:
         return self.calibration
 
     def calibrate(
-        self, images: Sequence[ImageInput] = (), texts: Sequence[str] = (), progress: bool = False
+        self, images: Sequence[ImageInput] | torch.Tensor = (), texts: Sequence[str] = (), progress: bool = False
     ) -> Calibration:
         """Calibrate static int8 on ``images`` and ``texts`` (see :func:`cliplab.quantize.calibrate.calibrate`),
         use it from now on, and return it (``.save(path)`` writes it; :func:`load` reads it from

@@ -38,16 +38,16 @@ def _cosines(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
 
 def calibrate(
     pipeline: Pipeline,
-    images: Sequence[ImageInput] = (),
+    images: Sequence[ImageInput] | torch.Tensor = (),
     texts: Sequence[str] = (),
     batch_size: int = 32,
     progress: bool = False,
     quality_samples: int = 512,
 ) -> Calibration:
-    """A static int8 calibration of ``pipeline``'s model from ``images`` (paths, bytes or PIL images) and
-    ``texts``; a tower given no inputs keeps per-token quantization. ``quality`` holds the cosine of
+    """A static int8 calibration of ``pipeline``'s model from ``images`` (paths, bytes or PIL images, or
+    preprocessed pixels ``[N, 3, n, n]``) and ``texts``; a tower given no inputs keeps per-token quantization. ``quality`` holds the cosine of
     int8 to float32 features, per tower, on the first ``quality_samples`` inputs of each."""
-    if not images and not texts:
+    if not len(images) and not texts:
         raise ValueError("calibration needs images or texts (or both): pass the inputs the model will see")
     model = pipeline.model  # the float32 master, on the pipeline's device
     kept: dict[str, list[torch.Tensor]] = {"images": [], "texts": []}  # inputs the quality check reuses
@@ -62,7 +62,9 @@ def calibrate(
 
     def run() -> None:
         for start in range(0, len(images), batch_size):
-            pixels = pipeline.preprocess.batch(list(images[start : start + batch_size])).to(pipeline.device)
+            chunk = images[start : start + batch_size]
+            pixels = chunk if isinstance(chunk, torch.Tensor) else pipeline.preprocess.batch(list(chunk))
+            pixels = pixels.to(pipeline.device)
             keep("images", pixels, model.encode_image(pixels))
             bar.update(len(pixels))
         if texts:
