@@ -5,7 +5,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench reliability sources browser clean
+.PHONY: demo test test-fast check docs bench reliability sources browser clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || bash scripts/check_disk.sh 7
@@ -25,8 +25,23 @@ browser:
 demo: $(STAMP) sources
 	$(VENV)/bin/cliplab demo
 
-test: $(STAMP) sources browser
+# The checks `make test` runs first: lint, format, types, and the strict docs build.
+check: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks reliability
+	$(VENV)/bin/ruff format --check src tests benchmarks reliability
+	$(VENV)/bin/mypy
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $${TMPDIR:-/tmp}/cliplab-site-check
+
+test: $(STAMP) sources browser check
 	$(PYTHON) -m pytest -q
+
+# The fast tier for developers: every test not marked slow.
+test-fast: $(STAMP) sources
+	$(PYTHON) -m pytest -q -m "not slow"
+
+# The documentation site, into site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP) sources
 	$(PYTHON) -m pip install --quiet -e '.[bench]'
@@ -42,4 +57,4 @@ reliability: $(STAMP) sources
 	$(PYTHON) -m reliability.report
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out site

@@ -243,7 +243,7 @@ def test_unknown_folder_and_missing_path(tmp_path):
 
 
 def test_default_model_missing_says_how_to_create_it():
-    with pytest.raises(CheckpointError, match="make demo"):
+    with pytest.raises(CheckpointError, match="cliplab setup --install"):
         cliplab.load(device="cpu")
 
 

@@ -188,3 +188,53 @@ def test_a_saved_classifier_refuses_another_model_of_the_same_width(model_dir, i
     assert main(["classify", image_files[0], "--classifier", saved, "--model", str(other)]) == 1
     error = capsys.readouterr().err
     assert "this classifier was made with model" in error and str(Path(model_dir).resolve()) in error
+
+
+def test_a_mistyped_option_is_reported_by_its_command_with_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["classify", "a.jpg", "--lables", "a,b"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: cliplab classify") and "--lables -> --labels" in err
+    with pytest.raises(SystemExit):
+        main(["clasify", "a.jpg"])
+    assert "did you mean 'classify'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "pak", "x", "y"])
+    assert "did you mean 'pack'?" in capsys.readouterr().err
+
+
+def test_version_and_help_state_defaults_and_examples(capsys):
+    from cliplab import __version__
+    from cliplab.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"cliplab {__version__}"
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, parser in commands.items():
+        if name == "data":
+            continue
+        text = parser.format_help()
+        assert "examples:" in text, name
+    text = " ".join(commands["index"].format_help().split())
+    assert "(default: 64)" in text and "(default: the store's model, else cliplab-mini)" in text
+
+
+def test_a_folder_where_an_image_is_expected_is_named_as_a_folder(model_dir, tmp_path, capsys):
+    assert main(["classify", str(tmp_path), "--labels", "a,b", "--model", model_dir]) == 1
+    assert "is a folder, not an image file" in capsys.readouterr().err
+
+
+def test_unknown_model_names_get_suggestions_and_named_models_work_everywhere(model_dir, tmp_path, capsys, monkeypatch):
+    from cliplab.paths import models_dir
+
+    assert main(["info", "ViT-B32/openai"]) == 1
+    assert "Did you mean 'ViT-B-32/openai'" in capsys.readouterr().err
+    import shutil
+
+    shutil.copytree(model_dir, models_dir() / "my-model")
+    assert main(["info", "my-model", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "cliplab"
+    assert main(["info", "my-modle"]) == 1
+    assert "Did you mean 'my-model'" in capsys.readouterr().err

@@ -51,6 +51,7 @@ def test_spherical_distance_and_cutouts():
     assert torch.equal(crops, cutouts(image, 5, 16, torch.Generator().manual_seed(0)))
 
 
+@pytest.mark.slow
 def test_same_seed_same_image_other_seed_other_image_and_similarity_rises(pipeline):
     options = {"steps": 8, "size": 48, "cutouts_per_step": 4, "snapshots": 4, "lr": 0.1}
     first = generate(pipeline, "a red apple", seed=3, **options)

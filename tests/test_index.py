@@ -262,6 +262,7 @@ def test_cli_index_and_search(model_path, photos, captions, tmp_path, capsys):
     assert "is not a cliplab store" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_index_killed_with_sigkill_keeps_committed_batches_and_the_next_run_finishes(model_path, tmp_path):
     photos = tmp_path / "photos"
     write_images(photos, 300, size=(48, 48))
@@ -362,3 +363,72 @@ def test_readers_search_exactly_until_the_ivf_index_is_saved_then_load_it(pipeli
         index_paths(pipeline, tmp_path / "store", [photos], workers=0, progress=False, update_ann=False)
         searcher.refresh()  # synced in place: the new items are found without a rebuild
         assert len(searcher._indexes["image"]) == 14 and searcher._indexes["image"].params.type == "ivf"
+
+
+def test_search_and_serve_default_to_the_store_model_recorded_with_an_absolute_path(
+    model_path, photos, tmp_path, monkeypatch, capsys
+):
+    """A store records its model so that `search` and `serve` need no --model; a relative model path is
+    recorded absolute, so the store works from any folder."""
+    import shutil
+
+    from cliplab.cli.search import store_model
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(model_path, work / "nano")
+    monkeypatch.chdir(work)
+    assert main(["index", str(photos), "--store", "s", "--model", "nano", "--json"]) == 0
+    assert store_model(str(work / "s")) == str((work / "nano").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    query = sorted(photos.glob("part0/img000.*"))[0]
+    assert main(["search", str(work / "s"), "--image", str(query), "-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert hits[0]["path"] == str(query.resolve()) and hits[0]["score"] == pytest.approx(1, abs=1e-4)
+    assert main(["search", str(tmp_path / "no-store"), "a cat"]) == 1
+    assert "is not a cliplab store" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_index_says_what_was_kept_and_how_to_continue(model_path, tmp_path):
+    photos = tmp_path / "photos"
+    write_images(photos, 200, size=(48, 48))
+    store_dir = tmp_path / "store"
+    command = [
+        sys.executable,
+        "-m",
+        "cliplab",
+        "index",
+        str(photos),
+        "--store",
+        str(store_dir),
+        "--model",
+        model_path,
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if (store_dir / "store.sqlite").exists():
+            with Store(store_dir) as store:
+                if store.count() >= 8:
+                    break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the interrupt landed")
+    assert process.returncode == 130, err[-2000:]
+    with Store(store_dir) as store:
+        kept = store.count("image")
+    assert f"The store holds {kept} images and 0 texts" in err and "run the same command again to continue" in err
+    assert "Traceback" not in err
+    done = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(done.stdout)
+    assert report["unchanged"] == kept and report["total_images"] == 200

@@ -18,6 +18,9 @@ from cliplab.model import get_preset
 ray = pytest.importorskip("ray")
 
 
+pytestmark = pytest.mark.slow  # minutes of real kills, loads and clusters
+
+
 def test_ray_indexing_gives_the_single_process_vectors(tmp_path):
     write_checkpoint(random_model(get_preset("ViT-nano"), seed=1), tmp_path / "model", "cliplab")
     pipeline = cliplab.load(tmp_path / "model", device="cpu")

@@ -12,6 +12,8 @@ from cliplab.checkpoints import write_checkpoint
 from cliplab.model import get_preset
 from reliability import bad_inputs, entry_points, faults, load
 
+pytestmark = pytest.mark.slow  # minutes of real kills, loads and clusters
+
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import socket
+import sys
 import threading
 import time
 
@@ -217,10 +218,14 @@ def browser():
 def test_web_page_searches_by_text_by_upload_and_by_clicking_a_result(browser, live_server, served):
     _, root = served
     page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.goto(live_server + "/")
     page.fill("#query", "two dogs in snow")
     page.press("#query", "Enter")
     page.wait_for_selector("#results .hit img")
+    assert errors == []
     assert page.locator("#results .hit").count() == 12
     assert "12 results" in page.text_content("#status")
     scores = [float(t.split("·")[1]) for t in page.locator("#results .hit .meta").all_text_contents()]
@@ -232,13 +237,57 @@ def test_web_page_searches_by_text_by_upload_and_by_clicking_a_result(browser, l
     first = page.locator("#results .hit .meta").first.text_content()
     assert "img004.bmp" in first and "1.000" in first
 
+    second = page.locator("#results .hit .meta").nth(1).text_content().split("·")[2].strip()
     page.locator("#results .hit").nth(1).click()
     page.wait_for_selector("text=results for item")
     assert page.locator("#results .hit").count() == 11  # all images but the clicked one
+    assert page.input_value("#query") == f"like: {second}"  # the box says what is being searched
+    assert second in page.text_content("#query-item") and page.is_visible("#query-item img")
+    assert "item=" in page.url
+    page.reload()  # the search lives in the address: a reload (or a shared link) shows it again
+    page.wait_for_selector("text=results for item")
+    assert page.locator("#results .hit").count() == 11 and page.input_value("#query") == f"like: {second}"
 
     page.select_option("#target", "text")
     page.fill("#query", "a blue circle")
     page.press("#query", "Enter")
     page.wait_for_selector("#results .hit .text")
     assert page.locator("#results .hit .text").first.text_content() == "a blue circle"
+    assert page.locator("#results .hit .meta").first.text_content().endswith("· c2")  # the text's key, not an id
+
+    shared = browser.new_page()  # a bookmarked or shared search runs on load
+    shared.goto(live_server + "/?q=two%20dogs%20in%20snow&target=text")
+    shared.wait_for_selector("#results .hit .text")
+    assert shared.input_value("#query") == "two dogs in snow" and shared.input_value("#target") == "text"
+    shared.goto(live_server + "/docs")  # the API docs render with no network: Swagger UI is served locally
+    shared.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
+    assert shared.locator(".opblock").count() >= 6
+    shared.close()
     page.close()
+
+
+def test_a_busy_port_is_one_clear_error_before_any_banner(served, capsys):
+    from cliplab.cli import main
+
+    _, root = served
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", str(root / "store"), "--port", str(port)]) == 1
+    captured = capsys.readouterr()
+    assert f"cannot listen on 127.0.0.1:{port}" in captured.err and "--port" in captured.err
+    assert "http://" not in captured.out
+
+
+def test_a_missing_extra_is_one_line_naming_the_install(served, monkeypatch, capsys):
+    from cliplab.cli import main
+
+    _, root = served
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI were not installed
+    assert main(["serve", str(root / "store")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "cliplab serve: error: cliplab serve needs the Python package 'fastapi', which is not installed: "
+        "pip install 'cliplab[serve]'"
+    )

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_model
 from PIL import Image, ImageDraw
 
-from cliplab.checkpoints import read_checkpoint
+from cliplab.checkpoints import read_checkpoint, write_checkpoint
+from cliplab.model import get_preset
 from cliplab.train.config import load_config
 from cliplab.train.loop import train
 
@@ -85,6 +87,7 @@ def shapes_csv(tmp_path_factory) -> Path:
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_and_resumed_matches_the_uninterrupted_run(shapes_csv, tmp_path):
     config = write_config(tmp_path, shapes_csv)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both runs in the same setting, for bitwise-equal arithmetic
@@ -114,6 +117,7 @@ def test_run_killed_with_sigkill_and_resumed_matches_the_uninterrupted_run(shape
     assert all(torch.equal(a[key], b[key]) for key in a), "resumed weights differ from the uninterrupted run's"
 
 
+@pytest.mark.slow
 def test_short_run_learns_the_shapes(shapes_csv, tmp_path):
     """Training lowers the loss well below its start and lifts retrieval far above chance."""
     from cliplab.api import Pipeline
@@ -167,6 +171,7 @@ def test_training_options_run_and_keep_locked_towers_fixed(options, shapes_csv, 
     assert text_same == bool(options.get("lock_text"))
 
 
+@pytest.mark.slow
 def test_short_run_on_a_corpus_slice_lifts_held_out_retrieval_far_above_chance(tmp_path_factory):
     """Train briefly on a slice of the real sample corpus; retrieve the held-out OpenMoji drawings
     (a style never trained on) from their captions far better than chance."""
@@ -238,6 +243,7 @@ def test_resume_with_a_different_data_order_is_refused(shapes_csv, tmp_path):
         train(changed, tmp_path / "run", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_processes_trains_and_saves_once(shapes_csv, tmp_path):
     config = write_config(tmp_path, shapes_csv, steps=3, checkpoint_every=3, local_loss=True, accum_freq=2)
     command = [
@@ -262,3 +268,45 @@ def test_torchrun_with_two_processes_trains_and_saves_once(shapes_csv, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [s for s, _ in losses(tmp_path / "ddp")] == [1, 2, 3]
     assert read_checkpoint(tmp_path / "ddp" / "model").config.embed_dim == 128
+
+
+@pytest.mark.slow
+def test_an_earlier_run_is_never_overwritten_silently_and_a_finished_run_resumes_to_nothing(
+    shapes_csv, tmp_path, capsys
+):
+    from cliplab.cli import main
+
+    config = str(write_config(tmp_path, shapes_csv, steps=2, checkpoint_every=2))
+    run = str(tmp_path / "run")
+    assert main(["train", config, "--out", run, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["steps"] == first["steps_this_run"] == 2
+    assert main(["train", config, "--out", run]) == 1
+    err = capsys.readouterr().err
+    assert "already holds a training run" in err and "--resume" in err and "--overwrite" in err
+    assert main(["train", config, "--out", run, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "already finished its 2 steps; nothing to do" in out and "nan" not in out
+    assert main(["train", config, "--out", run, "--overwrite", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["steps_this_run"] == 2 and again["final_loss"] == pytest.approx(first["final_loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_warmup_longer_than_the_run_is_flagged(shapes_csv, tmp_path, capsys):
+    config = load_config(write_config(tmp_path, shapes_csv, steps=4, warmup_steps=10))
+    assert any("never reaches train.lr" in w for w in config.warnings())
+    assert load_config(write_config(tmp_path, shapes_csv, steps=4, warmup_steps=4)).warnings() == []
+    result = train(config, tmp_path / "run", progress=False)
+    assert "never reaches train.lr" in capsys.readouterr().err and result.warnings
+
+
+def test_eval_reads_csv_tables_as_training_does(shapes_csv, tmp_path, capsys):
+    from cliplab.cli import main
+
+    write_checkpoint(random_model(get_preset("ViT-nano")), tmp_path / "model", "cliplab")
+    assert main(["eval", "--model", str(tmp_path / "model"), "--retrieval", str(shapes_csv), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["retrieval"]
+    assert result["pairs"] == len(shapes_csv.read_text().splitlines()) - 1 and 0 <= result["text_to_image_R@10"] <= 1
+    assert main(["eval", "--model", str(tmp_path / "model"), "--zeroshot", str(shapes_csv)]) == 1
+    assert "has no 'concept' field" in capsys.readouterr().err

@@ -25,6 +25,10 @@ _EXPORTS = {
     "Pipeline": "cliplab.api",
     "default_device": "cliplab.api",
     "load": "cliplab.api",
+    "build": "cliplab.api",
+    "HeadConfig": "cliplab.model.towers",
+    "HFTextConfig": "cliplab.model.towers",
+    "TimmVisionConfig": "cliplab.model.towers",
     "ImageLoadError": "cliplab.images",
     "load_image": "cliplab.images",
     "cliplab_home": "cliplab.paths",
@@ -40,13 +44,17 @@ __all__ = [
     "DEFAULT_MODEL",
     "CLIPConfig",
     "CheckpointError",
+    "HFTextConfig",
+    "HeadConfig",
     "ImageLoadError",
     "Pipeline",
     "PreprocessConfig",
     "Preprocessor",
+    "TimmVisionConfig",
     "Tokenizer",
     "ZeroShotClassifier",
     "__version__",
+    "build",
     "cliplab_home",
     "default_device",
     "get_preset",
@@ -57,10 +65,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .api import Pipeline, default_device, load
+    from .api import Pipeline, build, default_device, load
     from .checkpoints import CheckpointError
     from .images import ImageLoadError, load_image
     from .model import CLIP, CLIPConfig, get_preset, preset_names
+    from .model.towers import HeadConfig, HFTextConfig, TimmVisionConfig
     from .paths import DEFAULT_MODEL, cliplab_home
     from .preprocess import PreprocessConfig, Preprocessor
     from .tokenizer import Tokenizer, tokenize

@@ -3,10 +3,12 @@ texts into vectors of one embedding space."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,17 +16,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoints import CheckpointError, LoadedCheckpoint, build_model, read_checkpoint, resolve, write_checkpoint
+from .checkpoints.hub import published_names
 from .export import export_onnx
 from .identity import ModelIdentity, model_identity
 from .images import ImageInput
 from .inference import inference_model, precision_name, resolve_precision
-from .model import CLIP
+from .model import CLIP, CLIPConfig
 from .paths import DEFAULT_MODEL, models_dir
 from .preprocess import PreprocessConfig, Preprocessor
 from .quantize import Calibration, calibration_path, int8_model, int8_unavailable
 from .quantize.calibrate import calibrate, pixel_range
 from .quantize.cpu import Int8Warning, attention_dtype
 from .tokenizer import Tokenizer, default_tokenizer
+
+if TYPE_CHECKING:
+    from .model.towers.hf_tokenizer import HFTokenizer
 
 
 def default_device() -> str:
@@ -43,9 +49,17 @@ def resolve_model_path(
     if name == DEFAULT_MODEL:
         raise CheckpointError(
             f"the default model {DEFAULT_MODEL!r} is not in {models_dir()} yet: create it with `cliplab setup "
-            "--install` (or `make demo` in a source checkout), or pass a checkpoint path or name"
+            "--install` (it says what it installs), or pass a checkpoint path or name"
         )
-    return resolve(name, cache_dir)
+    try:
+        return resolve(name, cache_dir)
+    except CheckpointError as error:
+        if Path(name).expanduser().exists() or "neither an existing file" not in str(error):
+            raise
+        known = sorted(p.name for p in models_dir().glob("*") if p.is_dir()) + published_names()
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise CheckpointError(f"{error}.{hint}") from None
 
 
 def model_name(name_or_path: str | os.PathLike | None) -> str:
@@ -76,7 +90,7 @@ class Pipeline:
         self,
         model: CLIP,
         preprocess: Preprocessor | None = None,
-        tokenizer: Tokenizer | None = None,
+        tokenizer: Tokenizer | HFTokenizer | None = None,
         device: str | torch.device | None = None,
         name: str = "",
         checkpoint: LoadedCheckpoint | None = None,
@@ -85,8 +99,8 @@ class Pipeline:
     ):
         self.device = torch.device(device or default_device())
         self.model = model.to(self.device).eval()
-        self.preprocess = preprocess or Preprocessor(image_size=model.image_size)
-        self.tokenizer = tokenizer or default_tokenizer()
+        self.preprocess = preprocess or Preprocessor(PreprocessConfig.from_dict(model.config.preprocess()))
+        self.tokenizer = tokenizer or model.tokenizer or default_tokenizer()
         self.name = name
         self.checkpoint = checkpoint
         self.int8 = precision == "int8"
@@ -202,8 +216,9 @@ class Pipeline:
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
         if not texts:
             return out
-        ids = self.tokenize(texts)
-        order = torch.argsort(ids.argmax(dim=-1), stable=True)  # by end-token position
+        tokens = self.tokenizer.encode_batch(texts, context_length=self.model.context_length)
+        ids = torch.from_numpy(tokens.ids)
+        order = torch.argsort(torch.from_numpy(tokens.lengths), stable=True)  # by length: end-token position
         bar = tqdm(total=len(texts), unit="text", disable=not progress, desc="embedding texts")
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
@@ -256,15 +271,40 @@ def load(
         raise CheckpointError(
             f"{path}: preprocessing resizes to {preprocess.image_size} px but the model takes {model.image_size} px"
         )
+    tokenizer = model.tokenizer or Tokenizer(context_length=model.context_length)
     stored = calibration_path(path)
     calibration = Calibration.load(stored) if precision == "int8" and stored.is_file() else None
-    return Pipeline(
-        model,
-        preprocess,
-        Tokenizer(context_length=model.context_length),
-        device,
-        name,
-        ckpt,
-        precision=precision,
-        calibration=calibration,
-    )
+    return Pipeline(model, preprocess, tokenizer, device, name, ckpt, precision=precision, calibration=calibration)
+
+
+def build(
+    config: CLIPConfig | str | os.PathLike,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    base_dir: str | os.PathLike | None = None,
+    pretrained: bool = True,
+) -> Pipeline:
+    """A :class:`Pipeline` for a new model from its config: a :class:`~cliplab.model.CLIPConfig` or a
+    model config file (``.toml`` / ``.json``, see docs/towers.md).
+
+    Towers from other libraries get their pretrained weights (unless ``pretrained`` is false), their
+    own preprocessing and tokenizer; projection heads and cliplab's own towers are initialised from a
+    fixed seed, so one config always builds the same model. Relative paths in the config resolve
+    against ``base_dir`` (a config file's folder, for a file). Save the result with :meth:`Pipeline.save`.
+    """
+    from .checkpoints.model_config import parse_model_config
+    from .model.towers.build import build as build_towers
+
+    name = ""
+    if not isinstance(config, CLIPConfig):
+        path = Path(config)
+        name, base_dir = str(path.resolve()), base_dir or path.parent
+        config = parse_model_config(path)
+    try:
+        built = build_towers(config, base_dir, pretrained=pretrained)
+    except (ValueError, FileNotFoundError) as error:  # unknown architectures, missing files, weights that do not fit
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(str(error)) from None
+    preprocess = Preprocessor(PreprocessConfig.from_dict(built.preprocess))
+    return Pipeline(built.model, preprocess, built.tokenizer, device, name, precision=precision)

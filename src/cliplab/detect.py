@@ -186,6 +186,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
+def _box(values: np.ndarray) -> Box:
+    x0, y0, x1, y1 = (int(v) for v in values)
+    return x0, y0, x1, y1
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.3) -> list[int]:
     """Indices of the boxes kept by greedy non-maximum suppression, best first."""
     order = list(np.argsort(-np.asarray(scores), kind="stable"))
@@ -223,7 +228,9 @@ def embed_crops(
     with tqdm(total=len(windows), unit="crop", desc="embedding windows", disable=not progress) as bar:
         for start in range(0, len(windows), batch_size):
             chunk = windows[start : start + batch_size]
-            pixels = pipeline.preprocess.batch([image.crop(tuple(int(v) for v in box)) for box in chunk])
+            pixels = pipeline.preprocess.batch(
+                [image.crop((int(box[0]), int(box[1]), int(box[2]), int(box[3]))) for box in chunk]
+            )
             features = pipeline.encode_image(pixels).float()
             out[start : start + len(chunk)] = torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
             bar.update(len(chunk))
@@ -304,7 +311,7 @@ def detect(
         heatmaps[query] = accumulate_heatmap(windows, scores[:, j], width, height)
         above = np.flatnonzero(scores[:, j] >= threshold)
         kept = [above[i] for i in nms(windows[above], scores[above, j], iou_threshold)][:max_boxes]
-        boxes += [Detection(tuple(int(v) for v in windows[i]), query, float(scores[i, j])) for i in kept]
+        boxes += [Detection(_box(windows[i]), query, float(scores[i, j])) for i in kept]
     boxes.sort(key=lambda d: -d.score)
     return DetectionResult(boxes, heatmaps, windows, scores)
 
@@ -358,8 +365,8 @@ def save_relevance(
     overlay = heatmap_overlay(picture, heatmap)
     width = max(1, round(picture.width * side / picture.height))
     panel = Image.new("RGB", (2 * width + 8, side + 18), (255, 255, 255))
-    panel.paste(picture.resize((width, side), Image.BICUBIC), (0, 18))
-    panel.paste(overlay.resize((width, side), Image.BICUBIC), (width + 8, 18))
+    panel.paste(picture.resize((width, side), Image.Resampling.BICUBIC), (0, 18))
+    panel.paste(overlay.resize((width, side), Image.Resampling.BICUBIC), (width + 8, 18))
     ImageDraw.Draw(panel).text((3, 3), f"relevance of {text!r} (bright: high)", fill=(0, 0, 0))
     panel.save(path)
     return panel

@@ -3,7 +3,8 @@
 ``export_onnx(pipeline, folder)`` writes
 
 * ``image_encoder.onnx``: ``pixels`` float32 ``[batch, 3, n, n]`` -> ``image_features`` ``[batch, embed_dim]``;
-* ``text_encoder.onnx``: ``token_ids`` int64 ``[batch, context_length]`` -> ``text_features`` ``[batch, embed_dim]``;
+* ``text_encoder.onnx``: ``token_ids`` int64 ``[batch, context_length]`` -> ``text_features`` ``[batch, embed_dim]``
+  (for a Hugging Face text tower, rows padded with its padding id, and its tokenizer files in ``tokenizer/``);
 * ``cliplab_onnx.json``: the preprocessing settings, the tokenizer's context length and special ids,
   the embedding size and the logit scale.
 
@@ -55,8 +56,13 @@ class _TextEncoder(nn.Module):
         return self.model.encode_text(token_ids)
 
 
-def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, int8: bool = False) -> Path:
-    """Write the image and text encoders of ``pipeline`` and their settings to ``folder``; returns it.
+def export_onnx(
+    pipeline: Pipeline,
+    folder: str | os.PathLike,
+    encoders: tuple[str, ...] = ("image", "text"),
+    int8: bool = False,
+) -> Path:
+    """Write the ``encoders`` (``image``, ``text``) of ``pipeline`` and their settings to ``folder``; returns it.
     ``int8``: the int8 model with ``pipeline.calibration`` (required) as QDQ graphs."""
     require("onnx", "onnx", "ONNX export")  # torch.onnx.export needs onnx and onnxscript
     require("onnxscript", "onnx", "ONNX export")
@@ -78,48 +84,54 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, int8: bool = Fals
     token_ids = torch.zeros(2, context, dtype=torch.long)
     token_ids[:, 0], token_ids[:, -1] = pipeline.tokenizer.sot_token_id, pipeline.tokenizer.eot_token_id
     batch = {0: "batch"}
+    hf_text = bool(getattr(model, "has_text_tower", False))
     with torch.no_grad(), warnings.catch_warnings(), exporting(model):
         # The tracer's notes on Python-side shape logic: the end-token slice is traced at full length, on purpose.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter; torch.export cannot trace
         warnings.filterwarnings("ignore", message=".*aten::index.*")  # the data-dependent end-token slice yet
-        torch.onnx.export(
-            _ImageEncoder(model),
-            (pixels,),
-            str(folder / "image_encoder.onnx"),
-            dynamo=False,
-            input_names=["pixels"],
-            output_names=["image_features"],
-            opset_version=OPSET,
-            dynamic_axes={"pixels": batch, "image_features": batch},
-        )
-        torch.onnx.export(
-            _TextEncoder(model),
-            (token_ids,),
-            str(folder / "text_encoder.onnx"),
-            dynamo=False,
-            input_names=["token_ids"],
-            output_names=["text_features"],
-            opset_version=OPSET,
-            dynamic_axes={"token_ids": batch, "text_features": batch},
-        )
+        if "image" in encoders:
+            torch.onnx.export(
+                _ImageEncoder(model),
+                (pixels,),
+                str(folder / "image_encoder.onnx"),
+                dynamo=False,
+                input_names=["pixels"],
+                output_names=["image_features"],
+                opset_version=OPSET,
+                dynamic_axes={"pixels": batch, "image_features": batch},
+            )
+        if "text" in encoders:
+            torch.onnx.export(
+                _TextEncoder(model),
+                (token_ids,),
+                str(folder / "text_encoder.onnx"),
+                dynamo=False,
+                input_names=["token_ids"],
+                output_names=["text_features"],
+                opset_version=OPSET,
+                dynamic_axes={"token_ids": batch, "text_features": batch},
+            )
     if int8:
-        for name in ("image_encoder.onnx", "text_encoder.onnx"):
-            store_weights_as_int8(folder / name)
+        for name in encoders:
+            store_weights_as_int8(folder / f"{name}_encoder.onnx")
     settings = {
         "precision": "int8" if int8 else "fp32",
-        "image_encoder": "image_encoder.onnx",
-        "text_encoder": "text_encoder.onnx",
+        "image_encoder": "image_encoder.onnx" if "image" in encoders else None,
+        "text_encoder": "text_encoder.onnx" if "text" in encoders else None,
         "preprocess": pipeline.preprocess.config.to_dict(),
         "tokenizer": {
             "context_length": context,
             "sot_id": pipeline.tokenizer.sot_token_id,
             "eot_id": pipeline.tokenizer.eot_token_id,
-            "pad_id": 0,
+            "pad_id": getattr(pipeline.tokenizer, "pad_token_id", 0),
         },
         "embed_dim": pipeline.embed_dim,
         "logit_scale": pipeline.logit_scale,
         "outputs": "projected, unnormalised features (L2-normalise before comparing)",
     }
+    if hf_text:  # the text tower's own tokenizer, in the Hugging Face layout, for runtimes without cliplab
+        settings["tokenizer"].update(kind="huggingface", folder="tokenizer")
+        pipeline.tokenizer.save(folder / "tokenizer")
     (folder / "cliplab_onnx.json").write_text(json.dumps(settings, indent=2) + "\n")
     return folder

@@ -38,6 +38,8 @@ class FourierImage(torch.nn.Module):
     Fourier spectrum. ``init`` (an image) starts the optimisation from that picture instead of a
     faint random spectrum."""
 
+    scale: torch.Tensor  # a buffer: 1/frequency scaling of the spectrum
+
     def __init__(
         self,
         size: int,
@@ -67,7 +69,7 @@ class FourierImage(torch.nn.Module):
     def _spectrum_of(self, image: ImageInput) -> torch.Tensor:
         """The spectrum whose forward pass gives ``image`` (its pixels clamped away from 0 and 1)."""
         picture = to_rgb(image if isinstance(image, Image.Image) else load_image(image))
-        picture = picture.resize((self.size, self.size), Image.BICUBIC)
+        picture = picture.resize((self.size, self.size), Image.Resampling.BICUBIC)
         rgb = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)
         logits = torch.logit(rgb.clamp(0.02, 0.98))
         decorrelated = torch.einsum("ij,jhw->ihw", torch.linalg.inv(_COLOUR_SQRT), logits)
@@ -249,7 +251,7 @@ def save_strip(snapshots: Sequence[tuple[int, Image.Image]], path: str | os.Path
     strip = Image.new("RGB", (tile * max(1, len(snapshots)), tile + 14), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
     for i, (step, picture) in enumerate(snapshots):
-        strip.paste(picture.resize((tile, tile), Image.BICUBIC), (i * tile, 14))
+        strip.paste(picture.resize((tile, tile), Image.Resampling.BICUBIC), (i * tile, 14))
         draw.text((i * tile + 3, 1), f"step {step}", fill=(0, 0, 0))
     strip.save(path)
 

@@ -9,8 +9,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 __all__ = ["ModelIdentity", "ModelMismatchError", "model_identity"]
 
 
@@ -38,8 +36,9 @@ class ModelIdentity:
 def model_identity(pipeline: Any) -> ModelIdentity:
     """The pipeline's name and a fingerprint of its weights and preprocessing (computed once per pipeline).
 
-    The tokenizer enters the fingerprint only when it is not OpenAI's BPE, so that stores made before
-    it was recorded keep their fingerprint."""
+    The tokenizer enters the fingerprint only when it is not OpenAI's BPE, and the architecture only for
+    towers from other libraries (their configs, pooling and heads: :meth:`cliplab.model.CLIPConfig.identity`),
+    so that stores made before either was recorded keep their fingerprint."""
     cached = getattr(pipeline, "_identity", None)
     if cached is not None:
         return cached
@@ -49,8 +48,11 @@ def model_identity(pipeline: Any) -> ModelIdentity:
     tokenizer = getattr(pipeline.tokenizer, "fingerprint", None)
     if tokenizer:
         digest.update(json.dumps(tokenizer, sort_keys=True).encode())
+    towers = pipeline.model.config.identity()  # towers from other libraries; None for cliplab's own
+    if towers is not None:
+        digest.update(json.dumps(towers, sort_keys=True).encode())
     for name in sorted(state):
-        tensor = state[name].detach().to("cpu", torch.float32).contiguous()
+        tensor = state[name].detach().cpu().float().contiguous()
         digest.update(name.encode())
         digest.update(tensor.numpy())  # the buffer itself: no copy
     identity = ModelIdentity(pipeline.name or "unnamed", digest.hexdigest(), pipeline.embed_dim)

@@ -108,6 +108,10 @@ def inference_model(model: CLIP, dtype: torch.dtype, device: str | torch.device)
     device = torch.device(device)
     if dtype == torch.float32:
         return model
+    if model.config.is_composed:  # towers from other libraries: model/towers/inference.py
+        from .model.towers.inference import tower_inference_model
+
+        return tower_inference_model(model, dtype, device)  # type: ignore[return-value]
     fused = device.type == "cpu" and _fused_linear_available()
     norm_params = {
         f"{name}.{p}"

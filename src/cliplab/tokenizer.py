@@ -46,11 +46,14 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ftfy
 import numpy as np
 import regex
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
@@ -131,14 +134,13 @@ def _read_merges(vocab_path: str | os.PathLike) -> list[tuple[str, str]]:
 
 def _as_int_list(ids: Iterable[int] | torch.Tensor | np.ndarray) -> list[int]:
     """One sequence of ids as a list; a [1, L] batch counts as one sequence."""
-    if isinstance(ids, torch.Tensor):
+    if hasattr(ids, "detach"):  # a torch tensor
         ids = ids.detach().cpu().numpy()
     if isinstance(ids, np.ndarray):
-        if ids.ndim == 2 and ids.shape[0] == 1:
-            ids = ids[0]
-        if ids.ndim != 1:
+        array = ids[0] if ids.ndim == 2 and ids.shape[0] == 1 else ids
+        if array.ndim != 1:
             raise ValueError(f"decode takes one sequence of ids, got an array of shape {ids.shape}")
-        return [int(i) for i in ids.tolist()]
+        return [int(i) for i in array.tolist()]
     return [int(i) for i in ids]
 
 
@@ -204,10 +206,10 @@ class Tokenizer:
         # Byte value -> id of its base symbol, without and with "</w>".
         self._byte_id = [0] * 256
         self._byte_id_eow = [0] * 256
-        for b, c in byte_to_char.items():
-            self._byte_id[b] = token_to_id[c]
-            self._byte_id_eow[b] = token_to_id[c + _END_OF_WORD]
-        self._char_to_byte = {c: b for b, c in byte_to_char.items()}
+        for byte, char in byte_to_char.items():
+            self._byte_id[byte] = token_to_id[char]
+            self._byte_id_eow[byte] = token_to_id[char + _END_OF_WORD]
+        self._char_to_byte = {char: byte for byte, char in byte_to_char.items()}
 
         # BPE works on ids: (left id, right id) -> (rank, id of the merged symbol).
         self._merge_table: dict[tuple[int, int], tuple[int, int]] = {}
@@ -403,6 +405,8 @@ class Tokenizer:
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         """Tokenise one string or a batch into a ``[N, context_length]`` LongTensor (see
         :meth:`encode_batch`; its ``attention_mask`` marks the positions up to each ``eot``)."""
+        import torch  # the tokenizer itself needs only numpy: text queries are tokenised without torch
+
         return torch.from_numpy(self.encode_batch(texts, context_length).ids)
 
     # ------------------------------------------------------------------ decoding
@@ -470,7 +474,7 @@ class Tokenizer:
         self, ids: torch.Tensor | np.ndarray | Sequence[Sequence[int]], skip_special_tokens: bool = True
     ) -> list[str]:
         """:meth:`decode` applied to every row of an ``[N, L]`` batch."""
-        if isinstance(ids, torch.Tensor):
+        if hasattr(ids, "detach"):  # a torch tensor
             ids = ids.detach().cpu().numpy()
         return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in ids]
 

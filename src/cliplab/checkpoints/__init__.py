@@ -8,7 +8,13 @@ format             what it is                                                  r
 ``huggingface``    folder: ``config.json`` + ``model.safetensors``/``.bin``    both
 ``openai``         file: TorchScript archive (OpenAI's ``.pt``) or a plain     read; write as
                    state dict (``.pt``/``.bin``/``.safetensors``)              state dict
+model config       file: ``.toml``/``.json`` naming towers (timm, Hugging      read
+                   Face) and their pretrained weights; heads from a fixed seed
 =================  ==========================================================  =========
+
+Models with towers from other libraries (:mod:`cliplab.model.towers`) are written in the ``cliplab`` and
+``open_clip`` formats; the Hugging Face CLIP and OpenAI layouts cannot express them, and writing one
+there is refused with a message naming the formats that can.
 
 Nothing here unpickles code: safetensors, ``torch.load(weights_only=True)``, or a tensors-only
 reader for TorchScript archives.
@@ -25,8 +31,10 @@ from .base import CheckpointError, LoadedCheckpoint
 from .hub import download, hub_name_to_repo
 from .huggingface import is_huggingface_folder, read_huggingface, write_huggingface
 from .infer import check_shapes
+from .model_config import is_model_config_file, read_model_config
 from .native import is_cliplab_folder, read_cliplab_folder, write_cliplab_folder
 from .open_clip import is_open_clip_folder, read_open_clip_folder, write_open_clip_folder
+from .open_clip_towers import refusal, write_open_clip_towers
 from .openai import read_state_dict_file, write_openai_state_dict
 
 FORMATS = ("cliplab", "open_clip", "huggingface", "openai")
@@ -86,10 +94,12 @@ def read_checkpoint(path: str | os.PathLike, quick_gelu: bool | None = None) -> 
         return ckpt
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
+    if is_model_config_file(path):
+        return read_model_config(path)
     if path.suffix not in _STATE_DICT_SUFFIXES:
         raise CheckpointError(
             f"{path}: unknown checkpoint extension {path.suffix!r} "
-            f"(expected one of {sorted(_STATE_DICT_SUFFIXES)} or a folder)"
+            f"(expected one of {sorted(_STATE_DICT_SUFFIXES)}, a model config (.toml, .json) or a folder)"
         )
     try:
         return read_state_dict_file(path, quick_gelu=quick_gelu)
@@ -100,10 +110,18 @@ def read_checkpoint(path: str | os.PathLike, quick_gelu: bool | None = None) -> 
 
 
 def build_model(ckpt: LoadedCheckpoint) -> CLIP:
-    """A :class:`CLIP` in eval mode holding the checkpoint's weights (checked strictly)."""
-    model = CLIP(ckpt.config)
+    """A :class:`CLIP` in eval mode holding the checkpoint's weights (checked strictly) and, for a
+    Hugging Face text tower, its tokenizer."""
+    try:
+        model = CLIP(ckpt.config)
+    except ValueError as error:  # an unknown timm or transformers architecture, a head that cannot fit
+        raise CheckpointError(str(error)) from None
     check_shapes(ckpt.state_dict, model.state_dict(), f"checkpoint ({ckpt.source_format})")
     model.load_state_dict(ckpt.state_dict, strict=True)
+    if model.has_text_tower:
+        if ckpt.tokenizer is None:
+            raise CheckpointError(f"the {ckpt.source_format} checkpoint's Hugging Face text tower has no tokenizer")
+        model.text.tokenizer = ckpt.tokenizer
     return model.eval()
 
 
@@ -118,8 +136,12 @@ def write_checkpoint(
     dest = Path(dest)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     config: CLIPConfig = model.config
+    if config.is_composed and format in ("huggingface", "openai"):
+        raise CheckpointError(refusal(config, format))
     if format == "cliplab":
-        write_cliplab_folder(state_dict, config, dest, preprocess, metadata)
+        write_cliplab_folder(state_dict, config, dest, preprocess, metadata, tokenizer=model.tokenizer)
+    elif format == "open_clip" and config.is_composed:
+        write_open_clip_towers(state_dict, config, dest, preprocess, tokenizer=model.tokenizer)
     elif format == "open_clip":
         write_open_clip_folder(state_dict, config, dest, preprocess)
     elif format == "huggingface":

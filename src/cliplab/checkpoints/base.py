@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -20,7 +21,9 @@ class LoadedCheckpoint:
     ``state_dict`` uses OpenAI's parameter names (those of :class:`cliplab.model.CLIP`) in float32;
     ``config`` is the architecture, inferred from tensor shapes and any config file;
     ``preprocess`` holds the image settings (``cliplab.preprocess.PreprocessConfig`` as a dict);
-    ``notes`` records every decision that was not read directly from the file.
+    ``notes`` records every decision that was not read directly from the file;
+    ``tokenizer`` is the text tower's own tokenizer (a Hugging Face text tower's
+    :class:`~cliplab.model.towers.hf_tokenizer.HFTokenizer`), ``None`` for OpenAI's BPE.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -29,3 +32,4 @@ class LoadedCheckpoint:
     preprocess: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)  # free-form provenance (training recipe, data, ...)
+    tokenizer: Any = None

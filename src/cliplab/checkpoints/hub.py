@@ -25,6 +25,15 @@ OPEN_CLIP_FILES = ["open_clip_config.json", "open_clip_model.safetensors"]
 HF_FILES = ["config.json", "model.safetensors", "preprocessor_config.json"]
 
 
+def published_names() -> list[str]:
+    """The model names that resolve through the hub without an organisation prefix."""
+    return [f"{arch}/openai" for arch in OPENAI_HUB_REPOS] + [
+        "openai/clip-vit-base-patch32",
+        "openai/clip-vit-base-patch16",
+        "openai/clip-vit-large-patch14",
+    ]
+
+
 def hub_name_to_repo(name: str) -> tuple[str, list[str]]:
     """The hub repository and files for a model name, or raise ``KeyError`` if it is no hub name."""
     if name.startswith("hf-hub:"):
@@ -39,6 +48,7 @@ def hub_name_to_repo(name: str) -> tuple[str, list[str]]:
 
 
 def download(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    cache_dir = str(cache_dir) if cache_dir is not None else None
     """A local folder holding the files of ``name``: from the hub cache, or downloaded into it."""
     repo, files = hub_name_to_repo(name)
     from huggingface_hub import snapshot_download

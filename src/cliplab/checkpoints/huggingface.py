@@ -137,8 +137,8 @@ def _key_pairs(config: CLIPConfig) -> Iterator[tuple[str, tuple[str, ...], str]]
     yield "logit_scale", ("logit_scale",), _COPY
 
     towers = (
-        ("visual.transformer.resblocks", "vision_model.encoder.layers", config.vision.layers),
-        ("transformer.resblocks", "text_model.encoder.layers", config.text.layers),
+        ("visual.transformer.resblocks", "vision_model.encoder.layers", config.own_vision.layers),
+        ("transformer.resblocks", "text_model.encoder.layers", config.own_text.layers),
     )
     for openai_prefix, hf_prefix, depth in towers:
         assert isinstance(depth, int)
@@ -292,10 +292,10 @@ def _config_from_hf(raw: Mapping[str, Any], notes: list[str]) -> CLIPConfig:
     # transformers pools text features at the first eos_token_id (or, for the legacy value 2, at the
     # highest id); cliplab always pools at the highest id. They agree when eos is the top id.
     eos = text.get("eos_token_id")
-    if isinstance(eos, int) and eos not in (2, config.text.vocab_size - 1):
+    if isinstance(eos, int) and eos not in (2, config.own_text.vocab_size - 1):
         notes.append(
             f"config.json text_config has eos_token_id {eos}: transformers pools text features at the first "
-            f"token with that id, cliplab at the highest id in the sequence ({config.text.vocab_size - 1} for a "
+            f"token with that id, cliplab at the highest id in the sequence ({config.own_text.vocab_size - 1} for a "
             "full vocabulary); they differ on inputs where these positions differ"
         )
     return config
@@ -303,7 +303,7 @@ def _config_from_hf(raw: Mapping[str, Any], notes: list[str]) -> CLIPConfig:
 
 def _config_to_hf(config: CLIPConfig, dtype: torch.dtype) -> dict[str, Any]:
     """A complete transformers ``CLIPConfig`` dict for a ViT ``config``."""
-    vision, text = config.vision, config.text
+    vision, text = config.own_vision, config.own_text
     act = "quick_gelu" if config.quick_gelu else "gelu"
     if text.vocab_size == OPENAI_VOCAB_SIZE:
         bos, eos = OPENAI_SOT_ID, OPENAI_EOT_ID
@@ -684,7 +684,7 @@ def write_huggingface(
             the state dict does not match ``config`` (missing/unexpected keys or a wrong shape), or
             ``preprocess`` is invalid or disagrees with the model's image size.
     """
-    if config.vision.is_resnet:
+    if config.own_vision.is_resnet:
         raise CheckpointError(
             "Hugging Face CLIP supports Vision Transformer image towers only; export RN models to OpenCLIP "
             "format instead"
@@ -712,5 +712,5 @@ def write_huggingface(
     _write_json(out / CONFIG_NAME, _config_to_hf(config, dtype))
     save_file(hf, str(out / SAFETENSORS_NAME), metadata={"format": "pt"})
     _write_json(out / PREPROCESSOR_NAME, preprocessor)
-    if config.text.vocab_size == OPENAI_VOCAB_SIZE:
+    if config.own_text.vocab_size == OPENAI_VOCAB_SIZE:
         _write_tokenizer(out, config.text.context_length)

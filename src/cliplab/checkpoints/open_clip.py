@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from ..model.configs import CLIPConfig, TextConfig, VisionConfig
 from .base import CheckpointError, LoadedCheckpoint
+from .open_clip_towers import is_towers_config, read_open_clip_towers
 from .openai import default_preprocess, read_state_dict_file
 
 CONFIG_FILE = "open_clip_config.json"
@@ -135,7 +136,7 @@ def config_from_open_clip(model_cfg: dict[str, Any]) -> CLIPConfig:
     is_resnet = isinstance(layers, (list, tuple))
     vision = VisionConfig(
         image_size=image_size,
-        layers=tuple(layers) if is_resnet else layers,  # type: ignore[arg-type]
+        layers=tuple(layers) if is_resnet else layers,
         width=width,
         patch_size=None if is_resnet else vision_cfg.get("patch_size", 16),
         heads=width * 32 // head_width if is_resnet else width // head_width,
@@ -154,27 +155,35 @@ def config_from_open_clip(model_cfg: dict[str, Any]) -> CLIPConfig:
     )
 
 
-def config_to_open_clip(config: CLIPConfig) -> dict[str, Any]:
-    vision = config.vision
+def vision_to_open_clip(vision: VisionConfig) -> dict[str, Any]:
+    """OpenCLIP's ``vision_cfg`` of cliplab's own image tower."""
     vision_cfg: dict[str, Any] = {"image_size": vision.image_size, "width": vision.width, "mlp_ratio": vision.mlp_ratio}
     if vision.is_resnet:
         vision_cfg["layers"] = list(vision.layers)  # type: ignore[arg-type]
         vision_cfg["head_width"] = vision.width * 32 // vision.heads  # type: ignore[operator]
     else:
         vision_cfg.update(layers=vision.layers, patch_size=vision.patch_size, head_width=vision.width // vision.heads)  # type: ignore[operator]
-    text = config.text
+    return vision_cfg
+
+
+def text_to_open_clip(text: TextConfig) -> dict[str, Any]:
+    """OpenCLIP's ``text_cfg`` of cliplab's own text transformer."""
+    return {
+        "context_length": text.context_length,
+        "vocab_size": text.vocab_size,
+        "width": text.width,
+        "heads": text.heads,
+        "layers": text.layers,
+        "mlp_ratio": text.mlp_ratio,
+    }
+
+
+def config_to_open_clip(config: CLIPConfig) -> dict[str, Any]:
     return {
         "embed_dim": config.embed_dim,
         "quick_gelu": config.quick_gelu,
-        "vision_cfg": vision_cfg,
-        "text_cfg": {
-            "context_length": text.context_length,
-            "vocab_size": text.vocab_size,
-            "width": text.width,
-            "heads": text.heads,
-            "layers": text.layers,
-            "mlp_ratio": text.mlp_ratio,
-        },
+        "vision_cfg": vision_to_open_clip(config.own_vision),
+        "text_cfg": text_to_open_clip(config.own_text),
     }
 
 
@@ -186,10 +195,17 @@ def read_open_clip_folder(folder: Path) -> LoadedCheckpoint:
         raise CheckpointError(
             f"{folder / CONFIG_FILE} is not an OpenCLIP config with a 'model_cfg' ({error})"
         ) from error
-    config = config_from_open_clip(model_cfg)
     weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{folder} has {CONFIG_FILE} but no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    if is_towers_config(model_cfg):  # timm / Hugging Face towers: open_clip_towers.py
+        try:
+            return read_open_clip_towers(folder, meta, weights)
+        except (ValueError, FileNotFoundError) as error:
+            if isinstance(error, CheckpointError):
+                raise
+            raise CheckpointError(f"{folder}: {error}") from None
+    config = config_from_open_clip(model_cfg)
     tensors = read_state_dict_file(weights, quick_gelu=config.quick_gelu)
     notes = [f"architecture and activation from {CONFIG_FILE}"]
     if tensors.config.vision != config.vision or tensors.config.text != config.text:

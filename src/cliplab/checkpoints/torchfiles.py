@@ -18,7 +18,7 @@ import pickle
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -48,7 +48,7 @@ def is_torchscript_archive(path: Path) -> bool:
 class _ScriptedObject:
     """Inert stand-in for a TorchScript class instance: it only records its attributes."""
 
-    attributes: ClassVar[dict[str, Any]] = {}  # replaced per instance by __setstate__
+    attributes: dict[str, Any]  # set by __setstate__
 
     def __setstate__(self, state: Any) -> None:
         self.attributes = dict(state) if isinstance(state, dict) else {}
@@ -90,7 +90,7 @@ class _TorchScriptUnpickler(pickle.Unpickler):
 
 def _collect_tensors(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
     if isinstance(obj, _ScriptedObject):
-        for name, value in obj.attributes.items():
+        for name, value in getattr(obj, "attributes", {}).items():
             _collect_tensors(value, f"{prefix}{name}.", out)
     elif isinstance(obj, torch.Tensor):
         out[prefix[:-1]] = obj

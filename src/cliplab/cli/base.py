@@ -10,6 +10,7 @@ import argparse
 import difflib
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -107,7 +108,9 @@ def add_command(
     parser = commands.add_parser(
         name,
         help=help,
-        description=description or help[:1].upper() + help[1:] + ".",
+        description="\n\n".join(
+            textwrap.fill(part, 100) for part in (description or help[:1].upper() + help[1:] + ".").split("\n\n")
+        ),
         epilog=epilog,
         formatter_class=HelpFormatter,
     )
@@ -146,17 +149,25 @@ def add_model(parser: argparse.ArgumentParser, default_hint: str = DEFAULT_MODEL
         "--precision",
         choices=("auto", "fp32", "bf16", "int8"),
         default="auto",
-        help="what the encoders compute in; auto: bf16 where the hardware has it natively, "
-        "fp32 for small one-shot work; int8: CPUs with VNNI or AMX, fastest with `cliplab calibrate` first",
+        help="what the encoders compute in; auto: bf16 where the hardware has it natively, but fp32 for one-shot "
+        f"work on fewer than {ONE_SHOT_ITEMS} inputs (bf16's warm-up costs more than it saves there); int8: CPUs "
+        "with VNNI or AMX, fastest after `cliplab calibrate`",
     )
     add_activation(group)
 
 
-def load_pipeline(args: argparse.Namespace, model: str | None = None):
-    """The model the command asked for (``--model``, else ``model``, else the default)."""
+#: Below this many images or texts, ``--precision auto`` computes in fp32: bf16's kernel warm-up (seconds on
+#: these CPUs) costs more than it saves on a handful of inputs.
+ONE_SHOT_ITEMS = 64
+
+
+def load_pipeline(args: argparse.Namespace, model: str | None = None, one_shot: bool = False):
+    """The model the command asked for (``--model``, else ``model``, else the default). ``one_shot``:
+    the command encodes only a few inputs, so ``--precision auto`` means fp32."""
     from ..api import load
 
-    return load(args.model or model, device=args.device, quick_gelu=args.quick_gelu, precision=args.precision)
+    precision = "fp32" if one_shot and args.precision == "auto" else args.precision
+    return load(args.model or model, device=args.device, quick_gelu=args.quick_gelu, precision=precision)
 
 
 def image_files(paths: Sequence[str], what: str = "image") -> list[str]:

@@ -105,17 +105,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         print_json(info)
         return 0
     cfg = ckpt.config
-    tower = (
-        f"ResNet {list(cfg.vision.layers)} width {cfg.vision.width}"
-        if cfg.vision.is_resnet  # type: ignore[arg-type]
-        else f"ViT {cfg.vision.layers} layers, width {cfg.vision.width}, patch {cfg.vision.patch_size}"
-    )
+    image, text = _tower_lines(cfg)
     print(
         f"{args.checkpoint}\n  format       {ckpt.source_format}\n  parameters   {n_params:,}\n"
-        f"  image tower  {tower}, {cfg.vision.image_size} px\n"
-        f"  text tower   {cfg.text.layers} layers, width {cfg.text.width}, context {cfg.text.context_length}\n"
-        f"  embedding    {cfg.embed_dim}\n  activation   {'QuickGELU' if cfg.quick_gelu else 'GELU'}"
+        f"  image tower  {image}\n  text tower   {text}\n  embedding    {cfg.embed_dim}"
     )
+    from ..model.configs import TextConfig, VisionConfig
+
+    if isinstance(cfg.vision, VisionConfig) or isinstance(cfg.text, TextConfig):
+        print(f"  activation   {'QuickGELU' if cfg.quick_gelu else 'GELU'}")
     for note in ckpt.notes:
         print(f"  note: {note}")
     if calibration is not None:
@@ -131,3 +129,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         print("  int8         not calibrated (--precision int8 quantizes per token; see `cliplab calibrate`)")
     return 0
+
+
+def _head(head) -> str:
+    return (
+        "no head"
+        if head.type == "none"
+        else f"{head.type} head" + (f", dropout {head.dropout}" if head.dropout else "")
+    )
+
+
+def _tower_lines(cfg) -> tuple[str, str]:
+    """One line per tower for ``cliplab info``."""
+    from ..model.configs import VisionConfig
+
+    vision, text = cfg.vision, cfg.text
+    if not isinstance(vision, VisionConfig):
+        licence = f", licence {vision.licence}" if vision.licence else ""
+        image = (
+            f"timm {vision.model_name}, {vision.pool} pooling, {_head(vision.head)}, {vision.image_size} px{licence}"
+        )
+    elif vision.is_resnet:
+        image = f"ResNet {list(vision.layers)} width {vision.width}, {vision.image_size} px"  # type: ignore[arg-type]
+    else:
+        image = f"ViT {vision.layers} layers, width {vision.width}, patch {vision.patch_size}, {vision.image_size} px"
+    if hasattr(text, "hf_config"):
+        licence = f", licence {text.licence}" if text.licence else ""
+        layers = text.hf_config.get("num_hidden_layers", "?")
+        line = f"Hugging Face {text.model_type} ({layers} layers, width {text.width}), {text.pooling} pooling"
+        line += f", {_head(text.head)}, context {text.context_length}{licence}"
+    else:
+        line = f"{text.layers} layers, width {text.width}, context {text.context_length}"
+    return image, line

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..templates import TEMPLATE_SETS
-from .base import CommandError, add_command, add_json, add_model, image_files, load_pipeline, print_json
+from .base import ONE_SHOT_ITEMS, CommandError, add_command, add_json, add_model, image_files, load_pipeline, print_json
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -116,7 +116,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from ..zeroshot import ZeroShotClassifier
 
     images = image_files(args.images)
-    clip = load_pipeline(args)
+    clip = load_pipeline(args, one_shot=len(images) < ONE_SHOT_ITEMS)
     if args.classifier:
         classifier = ZeroShotClassifier.load(args.classifier)
         classifier.check_model(clip)
@@ -149,8 +149,10 @@ def _write_embeddings(path: Path, ids: list[str], vectors) -> None:
         np.save(path, vectors)
         path.with_suffix(".ids.txt").write_text("\n".join(i.replace("\n", " ") for i in ids) + "\n")
     else:  # .parquet (cmd_embed has checked the suffix)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        from ..extras import require
+
+        pa = require("pyarrow", "data", "writing Parquet")
+        pq = require("pyarrow.parquet", "data", "writing Parquet")
 
         table = pa.table(
             {"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])}
@@ -167,7 +169,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         texts += [line for line in Path(args.texts_file).read_text().splitlines() if line.strip()]
     if bool(args.images) == bool(texts):
         raise CommandError("give either --images or --texts/--texts-file")
-    clip = load_pipeline(args)
+    clip = load_pipeline(args, one_shot=len(args.images or texts) < ONE_SHOT_ITEMS)
     if args.images:
         ids, vectors, _ = embed_readable(clip, image_files(args.images), args.batch_size, progress=True)
     else:
@@ -188,7 +190,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     images = image_files(args.images)
     if not args.texts:
         raise CommandError("give one or more --texts")
-    clip = load_pipeline(args)
+    clip = load_pipeline(args, one_shot=len(images) + len(args.texts) < ONE_SHOT_ITEMS)
     pil_images = [load_image(p) for p in images]
     matrix = clip.embed_images(pil_images) @ clip.embed_texts(args.texts).T
     if args.plot:

@@ -112,7 +112,8 @@ def store_model(store: str) -> str | None:
     """The model a store records (its name or absolute path), or ``None`` if ``store`` is no store yet."""
     from ..index.store import read_store_model
 
-    return read_store_model(store)
+    identity = read_store_model(store)
+    return identity.name if identity else None
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -186,7 +187,8 @@ def _kept(store: str) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..index import Searcher, Store
+    from ..index.search import Searcher
+    from ..index.store import Store, read_store_model
 
     if args.failures:
         with Store(args.store) as store:
@@ -200,16 +202,35 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CommandError("give exactly one query: TEXT, --image FILE or --id N")
     if args.image is not None:
         image_files([args.image])
-    model = args.model or store_model(args.store)
-    if model is None:
+    recorded = read_store_model(args.store)
+    if recorded is None:
         raise CommandError(f"{args.store} is not a cliplab store (no store.sqlite); create one with `cliplab index`")
-    with Searcher(load_pipeline(args, model), args.store) as searcher:
+    # A text query with the store's own model on the CPU needs no torch: a cached ONNX text encoder answers.
+    fast = args.query is not None and args.model is None and args.device in (None, "cpu")
+    fast = fast and args.precision in ("auto", "fp32")
+    encoder = None
+    if fast:
+        from ..fast_queries import OnnxTextQueries
+
+        encoder = OnnxTextQueries.open(recorded.fingerprint)
+    pipeline = None
+    if encoder is None:
+        pipeline = encoder = load_pipeline(args, args.model or recorded.name, one_shot=True)
+    with Searcher(encoder, args.store) as searcher:
         if args.query is not None:
             hits, title = searcher.text(args.query, args.k, args.target), args.query
         elif args.image is not None:
             hits, title = searcher.image(args.image, args.k, args.target), f"like {args.image}"
         else:
             hits, title = searcher.item(args.id, args.k, args.target), f"like item {args.id}"
+    if fast and pipeline is not None:
+        from ..fast_queries import save_text_queries
+
+        if save_text_queries(pipeline) is not None and not args.json:
+            print(
+                "(saved this model's text encoder for torch-free queries: later text searches start faster)",
+                file=sys.stderr,
+            )
     if args.html:
         from ..index.contact_sheet import render_contact_sheet
 

@@ -468,7 +468,7 @@ class ShardStream(IterableDataset):
             without it every sample of every source is seen once per epoch.
         preprocess: image callable (PIL image -> ``[3, H, W]`` tensor).
         tokenizer: text callable (str -> ``[context]`` or ``[1, context]`` LongTensor).
-        rank, world_size: this process's share.  Without ``resample``, epoch ``e``
+        rank: this process's rank (with ``world_size``: its share).  Without ``resample``, epoch ``e``
             shuffles the shards with ``(seed, e)`` and rank ``r`` reads
             ``shards[r::world_size]``, so every sample goes to exactly one rank per
             epoch (``world_size`` must not exceed the number of shards).  With
@@ -797,7 +797,7 @@ def make_train_loader(
         preprocess: image callable, e.g. ``Preprocessor(image_size=224)``.
         tokenizer: text callable, e.g. ``Tokenizer()``.
         batch_size: samples per batch on this rank.
-        rank, world_size: distributed position; every sample goes to exactly one rank
+        rank: distributed position (with ``world_size``); every sample goes to exactly one rank
             per epoch (without resampling).
         seed: seed of the whole order.
         workers: DataLoader worker processes (0: load in the calling process).

@@ -128,7 +128,7 @@ def _tarfile_members(
             ti = tf.next()
             if ti is None:
                 return
-            del tf.members[:]  # tarfile keeps every header; they are not needed
+            del tf.members[:]  # type: ignore[attr-defined]  # tarfile keeps every header; not needed
             if ti.isfile():
                 yield ti.name, ti.offset_data, ti.size, None
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
@@ -331,12 +331,13 @@ def pack_shards(
         nonlocal tf, fh, tmp
         if tf is None:
             return
+        assert fh is not None and tmp is not None  # opened together with tf
         tf.close()
-        fh.flush()  # type: ignore[union-attr]
-        os.fsync(fh.fileno())  # type: ignore[union-attr]
-        fh.close()  # type: ignore[union-attr]
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
         final = out / f"shard-{len(shards):06d}.tar"
-        os.replace(tmp, final)  # type: ignore[arg-type]
+        os.replace(tmp, final)
         shards.append(final)
         tf, fh, tmp = None, None, None
 

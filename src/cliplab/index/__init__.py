@@ -6,12 +6,28 @@
 * :mod:`cliplab.index.ann`: FAISS exact and IVF indexes, tuned and kept up to date;
 * :mod:`cliplab.index.search`: :class:`Searcher`, queries in every direction;
 * :mod:`cliplab.index.distributed`: the Ray path for millions of images.
+
+The names below are imported on first use (PEP 562): searching a store needs neither torch nor the
+indexer (a one-shot text query runs on ONNX Runtime, :mod:`cliplab.fast_queries`), while importing
+the indexer pulls in torch.
 """
 
-from ..identity import model_identity
-from .indexer import IndexReport, index_paths
-from .search import Hit, Searcher
-from .store import ModelMismatchError, Store, StoreError, StoreLockedError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "IndexReport": "cliplab.index.indexer",
+    "index_paths": "cliplab.index.indexer",
+    "Hit": "cliplab.index.search",
+    "Searcher": "cliplab.index.search",
+    "ModelMismatchError": "cliplab.index.store",
+    "Store": "cliplab.index.store",
+    "StoreError": "cliplab.index.store",
+    "StoreLockedError": "cliplab.index.store",
+    "model_identity": "cliplab.identity",
+}
 
 __all__ = [
     "Hit",
@@ -24,3 +40,18 @@ __all__ = [
     "index_paths",
     "model_identity",
 ]
+
+if TYPE_CHECKING:
+    from ..identity import model_identity
+    from .indexer import IndexReport, index_paths
+    from .search import Hit, Searcher
+    from .store import ModelMismatchError, Store, StoreError, StoreLockedError
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cliplab.index' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -20,10 +20,12 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
+from ..extras import require
 from .store import StoreError
+
+faiss = require("faiss", "search", "cliplab's search indexes")
 
 EXACT_LIMIT = 20_000
 TARGET_RECALL = 0.97

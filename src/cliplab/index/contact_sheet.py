@@ -14,7 +14,7 @@ def render_contact_sheet(title: str, hits: Sequence[Hit]) -> str:
     cells = []
     for hit in hits:
         if hit.item.kind == "image":
-            thumb = thumbnail_jpeg(hit.item.path)
+            thumb = thumbnail_jpeg(hit.item.path) if hit.item.path else None
             picture = (
                 f'<img src="data:image/jpeg;base64,{base64.b64encode(thumb).decode()}" alt="">'
                 if thumb

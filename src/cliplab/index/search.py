@@ -34,6 +34,9 @@ class Hit:
 class Searcher:
     """A store opened for searching with the model it was built with.
 
+    ``pipeline`` is a :class:`cliplab.Pipeline`, or anything with an ``identity`` and the ``embed_texts``
+    / ``embed_images`` it is asked for (:class:`cliplab.fast_queries.OnnxTextQueries` embeds texts only).
+
     ``Searcher(pipeline, "photos.store").text("two dogs in snow", k=10)`` returns :class:`Hit` s.
     ``target`` chooses what is searched: ``image``, ``text`` or ``all``. Call :meth:`refresh` to see
     items committed after opening (the service does so before each query).
@@ -42,7 +45,7 @@ class Searcher:
     def __init__(self, pipeline, store_dir: str | os.PathLike):
         self.pipeline = pipeline
         self.store = Store(store_dir)
-        self.store.check_model(model_identity(pipeline))
+        self.store.check_model(getattr(pipeline, "identity", None) or model_identity(pipeline))
         self._lock = threading.Lock()
         self._indexes: dict[str, VectorIndex] = {}
         self._seen: tuple | None = None  # (data_version, saved index times) at the last refresh

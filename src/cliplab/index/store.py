@@ -368,8 +368,9 @@ class Store:
                 self._db.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
 
 
-def read_store_model(root: str | os.PathLike) -> str | None:
-    """The model name (or absolute path) a store records, or ``None`` if ``root`` is not a store."""
+def read_store_model(root: str | os.PathLike) -> ModelIdentity | None:
+    """The model a store records (its name or absolute path, and fingerprint), without opening the
+    store for use; ``None`` if ``root`` is not a store."""
     database = Path(root) / DATABASE
     if not database.is_file():
         return None
@@ -378,7 +379,7 @@ def read_store_model(root: str | os.PathLike) -> str | None:
             row = db.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
     except sqlite3.DatabaseError:
         return None
-    return ModelIdentity.from_json(row[0]).name if row else None
+    return ModelIdentity.from_json(row[0]) if row else None
 
 
 def _disk_full(error: BaseException) -> bool:

@@ -1,15 +1,20 @@
-"""CLIP: an image tower and a causal text transformer projected into one embedding space, with a
-learned temperature. Parameter names equal OpenAI's, so its state dicts load without renaming."""
+"""CLIP: an image tower and a text tower projected into one embedding space, with a learned temperature.
+
+With cliplab's own towers (ViT or modified ResNet; the causal text transformer) parameter names equal
+OpenAI's, so its state dicts load without renaming. Towers from other libraries
+(:mod:`cliplab.model.towers`) live under ``visual.`` (timm: ``visual.trunk.*``, ``visual.head.*``) and
+``text.`` (transformers: ``text.transformer.*``, ``text.head.*``), as in OpenCLIP."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configs import CLIPConfig
+from .configs import CLIPConfig, TextConfig, VisionConfig
 from .layers import LayerNorm, Transformer
 from .vision import ModifiedResNet, VisionTransformer
 
@@ -22,27 +27,46 @@ class CLIP(nn.Module):
         super().__init__()
         self.config = config
         vision, text = config.vision, config.text
-        if vision.is_resnet:
-            self.visual: nn.Module = ModifiedResNet(vision, config.embed_dim)
+        if not isinstance(vision, VisionConfig):
+            from .towers.timm_tower import TimmImageTower
+
+            self.visual: Any = TimmImageTower(vision, config.embed_dim)
+        elif vision.is_resnet:
+            self.visual = ModifiedResNet(vision, config.embed_dim)
         else:
             self.visual = VisionTransformer(vision, config.embed_dim, config.quick_gelu)
 
         self.context_length = text.context_length
-        self.token_embedding = nn.Embedding(text.vocab_size, text.width)
-        self.positional_embedding = nn.Parameter(torch.empty(text.context_length, text.width))
-        self.transformer = Transformer(text.width, text.layers, text.heads, text.mlp_ratio, config.quick_gelu)
-        self.ln_final = LayerNorm(text.width)
-        self.text_projection = nn.Parameter(torch.empty(text.width, config.embed_dim))
+        self.has_text_tower = not isinstance(text, TextConfig)
+        if isinstance(text, TextConfig):
+            self.token_embedding = nn.Embedding(text.vocab_size, text.width)
+            self.positional_embedding = nn.Parameter(torch.empty(text.context_length, text.width))
+            self.transformer = Transformer(text.width, text.layers, text.heads, text.mlp_ratio, config.quick_gelu)
+            self.ln_final = LayerNorm(text.width)
+            self.text_projection = nn.Parameter(torch.empty(text.width, config.embed_dim))
+        else:
+            from .towers.hf_tower import HFTextTower
+
+            self.text: Any = HFTextTower(text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
         self.init_weights()
 
     def init_weights(self) -> None:
-        """OpenAI's initialisation, for training from scratch."""
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
-        self.transformer.init_weights()
-        nn.init.normal_(self.text_projection, std=self.transformer.width**-0.5)
-        self.visual.init_weights()
+        """OpenAI's initialisation of cliplab's own towers, for training from scratch (towers from other
+        libraries keep their library's initialisation, or their pretrained weights)."""
+        if not self.has_text_tower:
+            nn.init.normal_(self.token_embedding.weight, std=0.02)
+            nn.init.normal_(self.positional_embedding, std=0.01)
+            self.transformer.init_weights()
+            nn.init.normal_(self.text_projection, std=self.transformer.width**-0.5)
+        if isinstance(self.config.vision, VisionConfig):
+            self.visual.init_weights()
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text tower's own tokenizer (a :class:`~cliplab.model.towers.HFTokenizer`), or ``None`` for
+        cliplab's text transformer, which takes OpenAI's BPE (:class:`cliplab.tokenizer.Tokenizer`)."""
+        return self.text.tokenizer if self.has_text_tower else None
 
     @property
     def image_size(self) -> int:
@@ -50,7 +74,7 @@ class CLIP(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.token_embedding.weight.dtype
+        return self.logit_scale.dtype if self.has_text_tower else self.token_embedding.weight.dtype
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Projected (unnormalised) image features ``[N, embed_dim]`` for pixels ``[N, 3, H, W]``."""
@@ -64,6 +88,8 @@ class CLIP(nn.Module):
             raise ValueError(
                 f"token sequences of length {token_ids.shape[1]} exceed the context length {self.context_length}"
             )
+        if self.has_text_tower:
+            return self.text(token_ids)
         eot_positions = token_ids.argmax(dim=-1)
         # Under the causal mask nothing after the last EOT can affect any EOT feature: drop that padding.
         length = int(eot_positions.max()) + 1
@@ -81,6 +107,11 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        self.transformer.grad_checkpointing = enabled
+        if self.has_text_tower:
+            self.text.set_grad_checkpointing(enabled)
+        else:
+            self.transformer.grad_checkpointing = enabled
         if isinstance(self.visual, VisionTransformer):
             self.visual.transformer.grad_checkpointing = enabled
+        elif hasattr(self.visual, "set_grad_checkpointing"):
+            self.visual.set_grad_checkpointing(enabled)

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .towers.configs import HFTextConfig, TimmVisionConfig, text_tower_from_dict, vision_tower_from_dict
+
 ResNetLayers = tuple[int, int, int, int]
 
 
@@ -28,7 +30,7 @@ class VisionConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
-            self.layers = tuple(self.layers)  # type: ignore[assignment]
+            self.layers = tuple(self.layers)
         if self.is_resnet:
             self.patch_size = None
             if len(self.layers) != 4:  # type: ignore[arg-type]
@@ -62,17 +64,71 @@ class TextConfig:
 
 @dataclass
 class CLIPConfig:
-    """Both towers, the shared embedding size and the activation."""
+    """Both towers, the shared embedding size and the activation.
+
+    Each tower is cliplab's own (:class:`VisionConfig`, :class:`TextConfig`) or one from another library
+    (:class:`~cliplab.model.towers.TimmVisionConfig`, :class:`~cliplab.model.towers.HFTextConfig`), in
+    any combination. ``quick_gelu`` concerns cliplab's own towers only."""
 
     embed_dim: int = 512
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    text: TextConfig = field(default_factory=TextConfig)
+    vision: VisionConfig | TimmVisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig | HFTextConfig = field(default_factory=TextConfig)
     quick_gelu: bool = True  # OpenAI weights use QuickGELU; most OpenCLIP-trained weights use GELU
+
+    @property
+    def is_composed(self) -> bool:
+        """Whether a tower comes from another library (timm, transformers)."""
+        return isinstance(self.vision, TimmVisionConfig) or isinstance(self.text, HFTextConfig)
+
+    @property
+    def own_vision(self) -> VisionConfig:
+        """The image tower's config when it is cliplab's own (a ``ValueError`` otherwise)."""
+        if not isinstance(self.vision, VisionConfig):
+            raise ValueError(f"the image tower is a {self.vision.type} tower, not cliplab's own ViT or ResNet")
+        return self.vision
+
+    @property
+    def own_text(self) -> TextConfig:
+        """The text tower's config when it is cliplab's own (a ``ValueError`` otherwise)."""
+        if not isinstance(self.text, TextConfig):
+            raise ValueError(f"the text tower is a {self.text.type} tower, not cliplab's own text transformer")
+        return self.text
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.text.context_length
+
+    def preprocess(self) -> dict[str, Any]:
+        """The image tower's preprocessing (a :class:`cliplab.preprocess.PreprocessConfig` dict; keys
+        left out take its defaults, OpenAI's)."""
+        if isinstance(self.vision, TimmVisionConfig):
+            return self.vision.preprocess()
+        return {"image_size": self.vision.image_size}
+
+    def identity(self) -> dict[str, Any] | None:
+        """What the model fingerprint records beside the weights, preprocessing and tokenizer: the
+        towers from other libraries (their architecture, pooling and heads); ``None`` for cliplab's own
+        towers, whose fingerprints predate it and stay unchanged."""
+        if not self.is_composed:
+            return None
+        return {
+            "embed_dim": self.embed_dim,
+            "vision": self.vision.identity() if isinstance(self.vision, TimmVisionConfig) else self.to_dict()["vision"],
+            "text": self.text.identity() if isinstance(self.text, HFTextConfig) else self.to_dict()["text"],
+            "quick_gelu": self.quick_gelu,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if isinstance(d["vision"]["layers"], tuple):
+        if isinstance(d["vision"].get("layers"), tuple):
             d["vision"]["layers"] = list(d["vision"]["layers"])
+        for key in ("mean", "std"):
+            if isinstance(d["vision"].get(key), tuple):
+                d["vision"][key] = list(d["vision"][key])
         return d
 
     @classmethod
@@ -81,10 +137,11 @@ class CLIPConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown CLIP config keys: {sorted(unknown)}")
+        vision, text = dict(d.get("vision", {})), dict(d.get("text", {}))
         return cls(
             embed_dim=d["embed_dim"],
-            vision=VisionConfig(**d["vision"]),
-            text=TextConfig(**d["text"]),
+            vision=vision_tower_from_dict(vision) if "type" in vision else VisionConfig(**vision),
+            text=text_tower_from_dict(text) if "type" in text else TextConfig(**text),
             quick_gelu=d.get("quick_gelu", True),
         )
 

@@ -6,7 +6,12 @@
 * :mod:`~cliplab.serve.thumbnails`: the bounded thumbnail cache.
 """
 
-from .app import create_app, run_server
-from .settings import ServeSettings
+from ..extras import require
+
+for _module in ("fastapi", "uvicorn", "python_multipart", "swagger_ui_bundle", "cachetools"):
+    require(_module, "serve", "cliplab serve")
+
+from .app import create_app, run_server  # noqa: E402 - after the check that names the extra to install
+from .settings import ServeSettings  # noqa: E402
 
 __all__ = ["ServeSettings", "create_app", "run_server"]

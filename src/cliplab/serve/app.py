@@ -45,6 +45,8 @@ def create_app(
         lifespan=lifespan,
         description="Search a cliplab store by text, by image and by stored item; classify; embed.",
     )
+    # The schema declares OpenAPI 3.0: the Swagger UI served offline (swagger-ui-bundle, 4.x) reads 3.0 only.
+    app.openapi_version = "3.0.3"
     app.state.settings = settings
     app.state.searcher = Searcher(pipeline, store_dir)
     app.state.thumbnails = ThumbnailCache(settings.thumbnail_cache_bytes)

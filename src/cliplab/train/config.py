@@ -1,6 +1,7 @@
 """Training configuration: a TOML or YAML file of four sections, overridden by ``key=value`` pairs.
 
-[model]   arch = "ViT-nano"  (a preset)  or  init_from = "path or name" (fine-tune)
+[model]   arch = "ViT-nano"  (a preset)  or  init_from = "path or name" (fine-tune; a model config
+          file .toml/.json builds towers from other libraries with their pretrained weights: docs/towers.md)
 [data]    train = [["corpus/train.jsonl", 1.0]]   (sources with weights)
 [train]   batch_size, steps, lr, ...
 [eval]    zeroshot = "corpus/zeroshot_test.jsonl", retrieval = "...", every = 500
@@ -15,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..extras import require
+
 
 @dataclass
 class ModelSection:
     arch: str = "ViT-nano"
-    init_from: str = ""  # a checkpoint to fine-tune (any format cliplab reads); overrides arch
+    init_from: str = ""  # a checkpoint to fine-tune (any format cliplab reads, model configs too); overrides arch
     quick_gelu: bool | None = None  # for bare state dicts in init_from; presets carry their own
     image_size: int = 0  # 0: the architecture's own
 
@@ -175,7 +178,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             except tomllib.TOMLDecodeError as error:
                 raise ValueError(f"{path} is not valid TOML: {error}") from None
         elif path.suffix in (".yaml", ".yml"):
-            import yaml
+            yaml = require("yaml", "train", "a YAML training config")
 
             try:
                 data = yaml.safe_load(text) or {}

@@ -141,7 +141,7 @@ def train(
     torch.manual_seed(cfg.seed)
 
     model, preprocess = build_model(config)
-    tokenizer = Tokenizer(context_length=model.context_length)
+    tokenizer = model.tokenizer or Tokenizer(context_length=model.context_length)  # a text tower's own, if any
     lock_towers(model, cfg.lock_image, cfg.lock_text)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     if hasattr(model.visual, "patch_dropout"):
@@ -319,7 +319,7 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], out_dir: Pat
 
 
 def run_eval(
-    model: CLIP, preprocess: Preprocessor, tokenizer: Tokenizer, config: TrainConfig, world: World
+    model: CLIP, preprocess: Preprocessor, tokenizer: Any, config: TrainConfig, world: World
 ) -> dict[str, Any]:
     model.eval()
     pipeline = Pipeline(model, preprocess, tokenizer, device=world.device, precision="fp32")  # exact, no copy

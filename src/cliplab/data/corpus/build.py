@@ -381,7 +381,7 @@ def build_sample_corpus(
                     errors[dest] = error
                 bar.update()
         bar.close()
-    failed = Counter()
+    failed: Counter[str] = Counter()
     final = []
     for item in items:
         if str(out / item["image"]) in errors:

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .sources import CLDR_ANNOTATIONS, CLDR_ANNOTATIONS_DERIVED, ICONIFY_LICENCES, CorpusSourcesError
 
@@ -76,7 +77,7 @@ class IconSet:
 
     def svg(self, name: str) -> str:
         """A standalone SVG document for one icon (aliases and flips resolved, iconify-style)."""
-        props: dict = {}
+        props: dict[str, Any] = {}
         h_flip = v_flip = False
         rotate = 0
         seen = set()
@@ -93,8 +94,8 @@ class IconSet:
         h_flip ^= bool(icon.get("hFlip"))
         v_flip ^= bool(icon.get("vFlip"))
         rotate = (rotate + int(icon.get("rotate", 0))) % 4
-        left = props.get("left") if props.get("left") is not None else icon.get("left", 0)
-        top = props.get("top") if props.get("top") is not None else icon.get("top", 0)
+        left: float = props["left"] if props.get("left") is not None else icon.get("left", 0)
+        top: float = props["top"] if props.get("top") is not None else icon.get("top", 0)
         width = props.get("width") or icon.get("width") or self.width
         height = props.get("height") or icon.get("height") or self.height
         body = icon["body"]
@@ -131,7 +132,7 @@ def load_iconify(tarball: Path, source: str) -> IconSet:
     if data is None:
         raise CorpusSourcesError(f"{tarball} has no package/icons.json: not an @iconify-json tarball")
     licence = (info.get("license") or {}).get("spdx") or ICONIFY_LICENCES.get(source, "NOASSERTION")
-    keyed = {}
+    keyed: dict[str, str] = {}
     for codes, name in chars.items():
         key = emoji_key(int(part, 16) for part in codes.split("-"))
         if name in data["icons"] or name in data.get("aliases", {}):

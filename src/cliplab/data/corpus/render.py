@@ -26,7 +26,7 @@ def finish(image, size: int, margin: float = 0.04):
     side = round(max(flat.size) * (1 + 2 * margin))
     canvas = Image.new("RGB", (side, side), (255, 255, 255))
     canvas.paste(flat, ((side - flat.width) // 2, (side - flat.height) // 2))
-    return canvas.resize((size, size), Image.LANCZOS)
+    return canvas.resize((size, size), Image.Resampling.LANCZOS)
 
 
 def rsvg(svg_path: str | None, svg_text: str | None, size: int, program: str = RSVG_CONVERT):

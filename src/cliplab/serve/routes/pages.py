@@ -1,13 +1,15 @@
-"""The search page, the API docs served from local files (no CDN), and the health check."""
+"""The search page, the API docs served from local files (no CDN), the icon and the health check."""
 
 from __future__ import annotations
 
 import functools
 from importlib import resources
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
+from swagger_ui_bundle import swagger_ui_path
 
 from ...index.search import Searcher
 from ..dependencies import get_searcher, get_settings, is_authorised, require_token
@@ -40,6 +42,11 @@ def docs(request: Request) -> HTMLResponse:
         swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
         swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon-32x32.png",
     )
+
+
+@health_router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> FileResponse:
+    return FileResponse(Path(str(swagger_ui_path)) / "favicon-32x32.png", media_type="image/png")
 
 
 @health_router.get("/api/health")
