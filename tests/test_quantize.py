@@ -419,3 +419,27 @@ def test_convert_to_onnx_int8_on_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["convert", model, str(tmp_path / "onnx"), "--to", "onnx", "--int8", "--json"]) == 1
     assert "needs a calibration" in capsys.readouterr().err  # images were not calibrated: that tower is per token
+
+
+@pytest.mark.parametrize("text", ["bert", "roberta"])
+def test_int8_covers_timm_image_towers_and_hugging_face_text_towers(text, tmp_path):
+    """The generic walk quantizes the towers from other libraries too: their linear layers and convolutions."""
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    from towers_fixtures import towers_config
+
+    config = towers_config(tmp_path, text=text)
+    exact, int8 = cliplab.build(config, precision="fp32"), cliplab.build(config, precision="int8")
+    pixels = exact.preprocess.batch(sample_images(6, seed=1))
+    ids = exact.tokenize(texts(seed=1))
+    counts = int8_summary(int8.inference_model)
+    assert counts["dynamic"] > 0 and counts["static"] == 1  # timm's first convolution: the pixel range
+    for calibrated in (False, True):
+        if calibrated:
+            int8.calibrate(sample_images(16, seed=0), texts(seed=0))
+            counts = int8_summary(int8.inference_model)
+            assert counts["dynamic"] == counts["float"] == 0 and counts["static"] > 20
+        assert cosine_min(int8.encode_image(pixels), exact.encode_image(pixels)) >= 0.995
+        assert cosine_min(int8.encode_text(ids), exact.encode_text(ids)) >= 0.995
+    trunk = int8.inference_model.visual.trunk
+    assert isinstance(trunk.conv_stem, Int8Conv2d) and type(exact.model.visual.trunk.conv_stem) is torch.nn.Conv2d

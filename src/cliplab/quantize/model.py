@@ -1,12 +1,15 @@
 """The int8 copy of a model: its matrix products and convolutions replaced by :mod:`.layers`.
 
-The walk is generic, so that it applies to any tower: each ``ResidualAttentionBlock`` becomes a fused
-:class:`~.layers.Int8Block`; every other ``nn.Linear`` an :class:`~.layers.Int8Linear` (static with a
-calibrated range, else per token); every ``nn.Conv2d`` with a known input range an
-:class:`~.layers.Int8Conv2d`, with the BatchNorm after it folded in and its ReLU fused (cliplab's
-ResNet stem and bottlenecks, and ``nn.Sequential`` runs of conv, norm, ReLU). A convolution without
-a range stays float32: the first one's range is the preprocessing's pixel range, the others come
-from a calibration. Everything else is the master's own float32 parameters, shared, not copied.
+The walk is generic, so that it applies to any tower (cliplab's, timm's, Hugging Face's): each
+``ResidualAttentionBlock`` becomes a fused :class:`~.layers.Int8Block`; every other ``nn.Linear`` an
+:class:`~.layers.Int8Linear` (static with a calibrated range, else per token); every ``nn.Conv2d``
+with a known input range an :class:`~.layers.Int8Conv2d`, with the BatchNorm after it folded in and
+its ReLU fused (cliplab's ResNet stem and bottlenecks, and ``nn.Sequential`` runs of conv, norm,
+ReLU). A convolution without a range stays float32: the first one's range is the preprocessing's
+pixel range, the others come from a calibration. Only the classes themselves are replaced (a
+subclass may compute something else, like timm's dynamic "same" padding), and never the projections
+inside an ``nn.MultiheadAttention`` (it reads their weights directly). Everything else is the
+master's own float32 parameters, shared, not copied.
 """
 
 from __future__ import annotations
@@ -61,11 +64,17 @@ def _conv_norm_relu(root: nn.Module) -> Iterator[tuple[str, str | None, str | No
 
 
 def _pixel_convs(root: nn.Module) -> set[str]:
-    """The convolutions that read the pixels (their range is the preprocessing's)."""
+    """The convolutions that read the pixels (their range is the preprocessing's): cliplab's towers'
+    ``conv1``, and in another image tower (``visual``) its first convolution, if it takes 3 channels."""
     names = set()
     for name, module in root.named_modules():
         if isinstance(module, (VisionTransformer, ModifiedResNet)):
             names.add(f"{name}.conv1" if name else "conv1")
+    visual = getattr(root, "visual", None)
+    if isinstance(visual, nn.Module) and not isinstance(visual, (VisionTransformer, ModifiedResNet)):
+        first = next(((n, m) for n, m in visual.named_modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None and first[1].in_channels == 3:
+            names.add(f"visual.{first[0]}")
     return names
 
 
@@ -96,7 +105,7 @@ def int8_model(
 
     for conv_name, bn_name, relu_name in list(_conv_norm_relu(fast)):
         conv = fast.get_submodule(conv_name)
-        if not isinstance(conv, nn.Conv2d) or conv_name not in ranges:
+        if not _plain_conv(conv) or conv_name not in ranges:
             continue
         bn = fast.get_submodule(bn_name) if bn_name else None
         _set(fast, conv_name, Int8Conv2d(conv, ranges[conv_name], bn, relu=relu_name is not None))
@@ -105,12 +114,24 @@ def int8_model(
         if relu_name:
             _set(fast, relu_name, nn.Identity())
 
+    inside_mha = {
+        f"{n}.{c}"
+        for n, m in fast.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+        for c, _ in m.named_children()
+    }
     for name, module in list(fast.named_modules()):
-        if isinstance(module, nn.Conv2d) and name in ranges:
+        if _plain_conv(module) and name in ranges:
             _set(fast, name, Int8Conv2d(module, ranges[name]))
-        elif isinstance(module, nn.Linear):
+        elif type(module) is nn.Linear and name not in inside_mha:
             _set(fast, name, Int8Linear(module, ranges.get(name)))
     return fast
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    """An ``nn.Conv2d`` itself (not a subclass with its own forward, like timm's dynamic "same" padding)
+    with explicit zero padding: what :class:`Int8Conv2d` computes."""
+    return type(module) is nn.Conv2d and isinstance(module.padding, tuple) and module.padding_mode == "zeros"
 
 
 def int8_summary(model: nn.Module) -> dict[str, int]:
