@@ -21,7 +21,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -115,7 +115,7 @@ def export_onnx(
     if int8:
         for name in encoders:
             store_weights_as_int8(folder / f"{name}_encoder.onnx")
-    settings = {
+    settings: dict[str, Any] = {
         "precision": "int8" if int8 else "fp32",
         "image_encoder": "image_encoder.onnx" if "image" in encoders else None,
         "text_encoder": "text_encoder.onnx" if "text" in encoders else None,

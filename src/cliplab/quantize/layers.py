@@ -18,6 +18,8 @@ oneDNN applies the bias, GELU / SiLU and the residual addition inside the produc
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -185,9 +187,13 @@ class Int8Conv2d(nn.Module):
         weight = conv.weight.detach().float()
         bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(weight.shape[0])
         if batchnorm is not None:  # y = (conv(x) - mean) * gamma / sqrt(var + eps) + beta
-            factor = batchnorm.weight.detach().float() / torch.sqrt(batchnorm.running_var.float() + batchnorm.eps)
+            mean, var = batchnorm.running_mean, batchnorm.running_var
+            assert mean is not None and var is not None, "a BatchNorm in eval mode keeps running statistics"
+            gamma = batchnorm.weight.detach().float() if batchnorm.weight is not None else torch.ones_like(var)
+            beta = batchnorm.bias.detach().float() if batchnorm.bias is not None else torch.zeros_like(mean)
+            factor = gamma / torch.sqrt(var.float() + batchnorm.eps)
             weight = weight * factor[:, None, None, None]
-            bias = (bias - batchnorm.running_mean.float()) * factor + batchnorm.bias.detach().float()
+            bias = (bias - mean.float()) * factor + beta
         self.qparams = uint8_params(*input_range)
         self.weight_scale = (weight.abs().amax(dim=(1, 2, 3)) / 127).clamp_(min=1e-12)
         self.qweight = torch.round(weight / self.weight_scale[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
@@ -237,7 +243,8 @@ class Int8Block(nn.Module):
         attention_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        attn, mlp = block.attn, block.mlp
+        attn = block.attn
+        mlp: Any = block.mlp  # an nn.Sequential of c_fc, gelu, c_proj
         self.heads, self.attention_dtype = attn.heads, attention_dtype
         self.width = attn.out_proj.in_features
         self.ln_1, self.ln_2 = block.ln_1, block.ln_2

@@ -105,11 +105,13 @@ def int8_model(
 
     for conv_name, bn_name, relu_name in list(_conv_norm_relu(fast)):
         conv = fast.get_submodule(conv_name)
-        if not _plain_conv(conv) or conv_name not in ranges:
+        if not isinstance(conv, nn.Conv2d) or not _plain_conv(conv) or conv_name not in ranges:
             continue
         bn = fast.get_submodule(bn_name) if bn_name else None
-        _set(fast, conv_name, Int8Conv2d(conv, ranges[conv_name], bn, relu=relu_name is not None))
-        if bn_name:
+        if bn_name and type(bn) is not nn.BatchNorm2d:  # another norm (timm's with its activation): no fusion
+            continue
+        _set(fast, conv_name, Int8Conv2d(conv, ranges[conv_name], bn, relu=relu_name is not None))  # type: ignore[arg-type]
+        if bn is not None and bn_name:
             _set(fast, bn_name, nn.Identity())
         if relu_name:
             _set(fast, relu_name, nn.Identity())
