@@ -80,9 +80,6 @@ class Int8Matrix:
         self.weight_zero_point = torch.zeros(self.out_features, dtype=torch.int64)
         self.bias = None if bias is None else (bias.detach().float() * scale).contiguous()
 
-    def dequantized(self) -> torch.Tensor:
-        return self.qweight.float() * self.weight_scale[:, None]
-
     def dequantized_t(self, row_factor: torch.Tensor | None = None) -> torch.Tensor:
         """The int8 weight as float32, transposed (``[in, out]``), for ONNX export (whose post-processing in
         :mod:`.onnx` stores it back as int8: each column's largest magnitude is exactly 127 steps).
@@ -101,37 +98,26 @@ class Int8Matrix:
         residual: torch.Tensor | None = None,
         out_scale: float = 1.0,
         out_zero_point: int = 0,
+        bias: bool = True,
     ) -> torch.Tensor:
         """``xq`` (uint8 or int8 ``[rows, in]``, meaning ``(xq - zp) * scale``) times the weight, plus the
         bias, then ``activation`` ("none", "gelu", "swish") or ``+ residual``; written as ``out_dtype``,
-        or as uint8 ``round(y / out_scale) + out_zero_point`` when ``out_dtype`` is None."""
+        or as uint8 ``round(y / out_scale) + out_zero_point`` when ``out_dtype`` is None. ``bias=False``
+        leaves the bias out."""
         args = (xq, x_scale, x_zero_point, self.packed, self.weight_scale, self.weight_zero_point)
+        b = self.bias if bias else None
         if residual is not None:
             return torch.ops.onednn.qlinear_pointwise.binary(
-                *args, residual, self.bias, 1.0, 0, residual.dtype, 1.0, 0, "add", 1.0, "none", [], ""
+                *args, residual, b, 1.0, 0, residual.dtype, 1.0, 0, "add", 1.0, "none", [], ""
             )
         return torch.ops.onednn.qlinear_pointwise(
-            *args, self.bias, out_scale, out_zero_point, out_dtype, activation, [], algorithm
+            *args, b, out_scale, out_zero_point, out_dtype, activation, [], algorithm
         )
 
     def dynamic(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ weight.T + bias`` in float32 for float rows ``x``, quantized per token."""
         xq, scale = quantize_per_token(x)
-        y = torch.ops.onednn.qlinear_pointwise(
-            xq,
-            1.0,
-            0,
-            self.packed,
-            self.weight_scale,
-            self.weight_zero_point,
-            None,
-            1.0,
-            0,
-            torch.float32,
-            "none",
-            [],
-            "",
-        ).mul_(scale)
+        y = self(xq, 1.0, 0, bias=False).mul_(scale)  # rows in their own units, then scaled back
         return y if self.bias is None else y.add_(self.bias)
 
 
