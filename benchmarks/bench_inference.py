@@ -1,5 +1,5 @@
-"""CPU inference: cliplab's fp32 and fast (bf16, fused) paths against OpenCLIP and transformers in every
-precision, on the same random ViT-B/32 weights, in one run.
+"""CPU inference: cliplab's fp32, fast (bf16, fused) and int8 paths against OpenCLIP, transformers and ONNX
+Runtime, on the same random ViT-B/32 weights, in one run.
 
     python benchmarks/bench_inference.py [--images 64] [--batch 32] [--rounds 2] [--zeroshot CORPUS]
 
@@ -8,13 +8,19 @@ so background load hits all alike; each keeps its best round. Printed per system
 ``--batch``, texts/s on typical queries (<= 16 tokens), single-query latency p50, the lowest cosine
 of its image and text features to cliplab fp32's, and peak RSS. Ratios are against the best
 transformers configuration and OpenCLIP's default (fp32); image throughput is also given as a
-fraction of the bf16 matrix-product limit timed in the same run. Texts go to each system as its
-own tokenizer would pass them: OpenCLIP at its fixed 77 positions, transformers padded to the
-batch's longest text, cliplab as token ids (it stops at the batch's last end token itself).
+fraction of the bf16 and the int8 matrix-product limits timed in the same run, and int8 rows against
+cliplab bf16. Texts go to each system as its own tokenizer would pass them: OpenCLIP at its fixed 77
+positions, transformers padded to the batch's longest text, cliplab as token ids (it stops at the
+batch's last end token itself), ONNX Runtime at the exported graph's 77 positions.
+
+``cliplab int8`` is calibrated (``Pipeline.calibrate``) on other random pixels and the query texts
+before the run; ``cliplab int8-dynamic`` is the same model without a calibration (per-token scales);
+``onnxruntime int8`` runs cliplab's int8 ONNX export (QDQ) in ONNX Runtime's int8 kernels.
 
 ``--zeroshot CORPUS`` (a sample corpus with zeroshot_test.jsonl; default: $CLIPLAB_HOME/corpus with
 the trained cliplab-mini) also counts the held-out zero-shot top-1 decisions that change between
-cliplab fp32 and bf16, and between exact and draft-mode JPEG decoding.
+cliplab fp32 and bf16, fp32 and int8 (calibrated on the corpus's training split), fp32 and int8
+per token, and between exact and draft-mode JPEG decoding.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ import torch
 SYSTEMS = [
     "cliplab fp32",
     "cliplab auto",
+    "cliplab int8",
+    "cliplab int8-dynamic",
+    "onnxruntime int8",
     "open_clip fp32",
     "open_clip bf16-autocast",
     "transformers fp32-sdpa",
@@ -94,8 +103,29 @@ def build(system: str, weights: str):
     if library == "cliplab":
         import cliplab
 
-        clip = cliplab.load(os.path.join(weights, "oc"), device="cpu", precision=variant)
+        clip = cliplab.load(os.path.join(weights, "oc"), device="cpu", precision=variant.split("-")[0])
+        if variant == "int8-dynamic":
+            clip.calibration = None
         return clip.encode_image, clip.encode_text
+    if library == "onnxruntime":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        sessions = {
+            name: onnxruntime.InferenceSession(
+                os.path.join(weights, "onnx_int8", f"{name}_encoder.onnx"), options, providers=["CPUExecutionProvider"]
+            )
+            for name in ("image", "text")
+        }
+
+        def onnx_image(x):
+            return torch.from_numpy(sessions["image"].run(None, {"pixels": x.numpy()})[0])
+
+        def onnx_text(ids):
+            return torch.from_numpy(sessions["text"].run(None, {"token_ids": ids.numpy()})[0])
+
+        return onnx_image, onnx_text
     if library == "open_clip":
         import open_clip
 
@@ -180,7 +210,19 @@ def worker(system: str, weights: str, data: str, batch: int, repeats: int) -> di
 
 
 def matmul_limit(dtype: torch.dtype, n: int = 4096) -> float:
-    """GFLOP/s of a large matrix product in ``dtype`` on this machine, now."""
+    """GFLOP/s of a large matrix product in ``dtype`` on this machine, now (int8: GOP/s of oneDNN's int8
+    linear, uint8 activations times prepacked int8 weights, float32 out, as cliplab's int8 layers run it)."""
+    if dtype == torch.int8:
+        x = torch.randint(0, 255, (n, n), dtype=torch.uint8)
+        w = torch.ops.onednn.qlinear_prepack(torch.randint(-127, 127, (n, n), dtype=torch.int8), None)
+        scale, zero = torch.full((n,), 0.01), torch.zeros(n, dtype=torch.int64)
+
+        def product():
+            torch.ops.onednn.qlinear_pointwise(
+                x, 0.02, 128, w, scale, zero, None, 1.0, 0, torch.float32, "none", [], ""
+            )
+
+        return 2 * n**3 / best_time(product, 3) / 1e9
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return 2 * n**3 / best_time(lambda: a @ b, 3) / 1e9
 
@@ -215,11 +257,21 @@ def run_systems(args: argparse.Namespace, folder: Path) -> None:
     torch.save({"pixels": pixels, "ids": ids}, folder / "inputs.pt")
     gflop = image_gflop(model)
     del model, pipeline
+    if any("int8" in system for system in args.systems):  # calibrated on other pixels, stored beside the model
+        from cliplab.quantize import calibration_path
+
+        int8 = cliplab.load(folder / "oc", device="cpu", precision="int8")
+        generator = torch.Generator().manual_seed(1)
+        calibration_pixels = torch.randn(32, 3, int8.model.image_size, int8.model.image_size, generator=generator)
+        int8.calibrate(calibration_pixels, queries(args.texts)).save(calibration_path(folder / "oc"))
+        if "onnxruntime int8" in args.systems:
+            int8.export_onnx(folder / "onnx_int8", int8=True)
 
     results: dict[str, dict] = {}
-    limits = []
+    limits, int8_limits = [], []
     for _ in range(args.rounds):
         limits.append(matmul_limit(torch.bfloat16))
+        int8_limits.append(matmul_limit(torch.int8))
         for system in args.systems:
             out = subprocess.run(
                 [
@@ -246,7 +298,7 @@ def run_systems(args: argparse.Namespace, folder: Path) -> None:
             for key in ("images/s", "texts/s"):
                 old[key] = max(old[key], result[key])
             old["query p50 ms"] = min(old["query p50 ms"], result["query p50 ms"])
-    limit = max(limits)
+    limit, int8_limit = max(limits), max(int8_limits)
     fp32_limit = matmul_limit(torch.float32)
 
     reference_img = np.load(folder / "cliplab_fp32_img.npy")
@@ -254,31 +306,36 @@ def run_systems(args: argparse.Namespace, folder: Path) -> None:
     best_hf = max((r for s, r in results.items() if s.startswith("transformers")), key=lambda r: r["images/s"])
     best_hf_txt = max((r for s, r in results.items() if s.startswith("transformers")), key=lambda r: r["texts/s"])
     open_clip_default = results.get("open_clip fp32")
+    bf16 = results.get("cliplab auto")
     print(
         f"\nViT-B/32 ({gflop:.2f} GFLOP/image), random weights, image batch {args.batch}, {args.images} images, "
         f"{args.texts} queries of <= 16 tokens (batches of 256), {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}; best of {args.rounds} rounds"
     )
     print(
-        f"matrix-product limit now: bf16 {limit:.0f} GFLOP/s (= {limit / gflop:.0f} images/s), "
+        f"matrix-product limits now: bf16 {limit:.0f} GFLOP/s (= {limit / gflop:.0f} images/s), int8 "
+        f"{int8_limit:.0f} GOP/s (= {int8_limit / gflop:.0f} images/s, {int8_limit / limit:.2f}x bf16), "
         f"fp32 {fp32_limit:.0f} GFLOP/s"
     )
     print(
-        f"{'system':>26} {'img/s':>7} {'x best HF':>9} {'x OC':>6} {'of limit':>8} {'cos img':>8} "
-        f"{'txt/s':>7} {'x best HF':>9} {'p50 ms':>7} {'cos txt':>8} {'peak RSS MB':>11}"
+        f"{'system':>26} {'img/s':>7} {'x best HF':>9} {'x OC':>6} {'x bf16':>6} {'of bf16':>7} {'of int8':>7} "
+        f"{'cos img':>8} {'txt/s':>7} {'x best HF':>9} {'x bf16':>6} {'p50 ms':>7} {'cos txt':>8} {'peak RSS MB':>11}"
     )
     for system, r in results.items():
         stem = system.replace(" ", "_")
         cos_img = cosine_min(np.load(folder / f"{stem}_img.npy"), reference_img)
         cos_txt = cosine_min(np.load(folder / f"{stem}_txt.npy"), reference_txt)
         x_oc = r["images/s"] / open_clip_default["images/s"] if open_clip_default else float("nan")
+        x_bf16 = r["images/s"] / bf16["images/s"] if bf16 else float("nan")
+        x_bf16_txt = r["texts/s"] / bf16["texts/s"] if bf16 else float("nan")
         print(
-            f"{system:>26} {r['images/s']:7.1f} {r['images/s'] / best_hf['images/s']:9.2f} {x_oc:6.2f} "
-            f"{r['images/s'] * gflop / limit:8.0%} {cos_img:8.5f} {r['texts/s']:7.0f} "
-            f"{r['texts/s'] / best_hf_txt['texts/s']:9.2f} {r['query p50 ms']:7.1f} {cos_txt:8.5f} "
-            f"{r['peak RSS MB']:11.0f}"
+            f"{system:>26} {r['images/s']:7.1f} {r['images/s'] / best_hf['images/s']:9.2f} {x_oc:6.2f} {x_bf16:6.2f} "
+            f"{r['images/s'] * gflop / limit:7.0%} {r['images/s'] * gflop / int8_limit:7.0%} {cos_img:8.5f} "
+            f"{r['texts/s']:7.0f} {r['texts/s'] / best_hf_txt['texts/s']:9.2f} {x_bf16_txt:6.2f} "
+            f"{r['query p50 ms']:7.1f} {cos_txt:8.5f} {r['peak RSS MB']:11.0f}"
         )
     print(
+        "x bf16: against cliplab auto (bf16 here); of bf16 / of int8: the share of each matrix-product limit; "
         f"best transformers: images {best_hf['system']}, texts {best_hf_txt['system']}; "
         f"peak RSS includes ~{results[args.systems[0]]['RSS before model MB']:.0f} MB of Python, libraries and "
         "inputs; FLOPs count a multiply-add as 2"
@@ -314,18 +371,26 @@ def zeroshot_decisions(corpus: Path, model_name: str, folder: Path) -> None:
     class_names = class_names_for(corpus / "zeroshot_test.jsonl") or sorted({i["concept"] for i in items})
     templates = ["{}", "an emoji of {}.", "a drawing of {}.", "a picture of {}."]
     images = [item["image"] for item in items]
-    decisions, embeddings = {}, {}
-    for precision in ("fp32", "bf16"):
-        clip = cliplab.load(model_name, device="cpu", precision=precision)
+    train = read_items(corpus / "train.jsonl")
+    train = [train[i * len(train) // 512] for i in range(min(512, len(train)))]  # spread over the split
+    decisions, embeddings, class_embeddings = {}, {}, {}
+    for precision in ("fp32", "bf16", "int8", "int8-dynamic"):
+        clip = cliplab.load(model_name, device="cpu", precision=precision.split("-")[0])
+        if precision == "int8":
+            clip.calibrate([t["image"] for t in train], [t["caption"] for t in train])
         classifier = ZeroShotClassifier.from_labels(clip, class_names, templates)
         embeddings[precision] = clip.embed_images(images)
+        class_embeddings[precision] = classifier.weights
         decisions[precision] = (embeddings[precision] @ classifier.weights.T).argmax(axis=1)
-    changed = int((decisions["fp32"] != decisions["bf16"]).sum())
-    print(
-        f"\nzero-shot on {len(items)} held-out images, {len(class_names)} classes ({model_name}): "
-        f"{changed} top-1 decisions changed fp32 -> bf16; min image cosine "
-        f"{cosine_min(embeddings['fp32'], embeddings['bf16']):.5f}"
-    )
+    print(f"\nzero-shot on {len(items)} held-out images, {len(class_names)} classes ({model_name}):")
+    for precision in ("bf16", "int8", "int8-dynamic"):
+        changed = int((decisions["fp32"] != decisions[precision]).sum())
+        print(
+            f"  fp32 -> {precision:12s} {changed:4d} top-1 decisions changed ({changed / len(items):.1%}); min image "
+            f"cosine {cosine_min(embeddings['fp32'], embeddings[precision]):.5f}, min class-embedding cosine "
+            f"{cosine_min(class_embeddings['fp32'], class_embeddings[precision]):.5f}"
+        )
+    print("  (int8 calibrated on 512 training images and their captions; int8-dynamic: no calibration, per token)")
 
     # Draft-mode JPEG decoding: exact vs reduced-scale decode of the same large JPEG files, fp32 model.
     clip = cliplab.load(model_name, device="cpu", precision="fp32")

@@ -119,7 +119,7 @@ def test_precision_on_the_command_line(tmp_path):
     exact, fast = np.load(tmp_path / "fp32.npy"), np.load(tmp_path / "bf16.npy")
     assert (exact * fast).sum(axis=1).min() >= 0.999
     with pytest.raises(SystemExit):
-        main(["embed", "--texts", "a", "--out", str(tmp_path / "x.npy"), "--precision", "int8"])
+        main(["embed", "--texts", "a", "--out", str(tmp_path / "x.npy"), "--precision", "int4"])
 
 
 @pytest.mark.parametrize("name", ["vit-quickgelu", "rn-gelu"])

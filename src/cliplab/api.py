@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,9 @@ from .inference import inference_model, precision_name, resolve_precision
 from .model import CLIP, CLIPConfig
 from .paths import DEFAULT_MODEL, models_dir
 from .preprocess import PreprocessConfig, Preprocessor
+from .quantize import Calibration, calibration_path, int8_model, int8_unavailable
+from .quantize.calibrate import calibrate, pixel_range
+from .quantize.cpu import Int8Warning, attention_dtype
 from .tokenizer import Tokenizer, default_tokenizer
 
 if TYPE_CHECKING:
@@ -74,10 +78,12 @@ class Pipeline:
     ``encode_image`` / ``encode_text`` return projected, unnormalised features as OpenAI's API does;
     ``embed_images`` / ``embed_texts`` return L2-normalised float32 numpy arrays.
 
-    ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; see :mod:`cliplab.inference`) sets the dtype
-    the encoders compute in; ``auto`` is bf16 where the hardware multiplies it natively. ``model``
-    stays the float32 master (what :meth:`save` writes and training uses); the encoders run
-    ``inference_model``, a reduced-precision copy built on first use.
+    ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; see :mod:`cliplab.inference`; or ``int8``,
+    see :mod:`cliplab.quantize`) sets what the encoders compute in; ``auto`` is bf16 where the hardware
+    multiplies it natively. ``int8`` runs on CPUs with VNNI or AMX (elsewhere it falls back to ``auto``
+    with an :class:`~cliplab.quantize.cpu.Int8Warning`), static with ``calibration`` (see
+    :meth:`calibrate`), per token without. ``model`` stays the float32 master (what :meth:`save` writes
+    and training uses); the encoders run ``inference_model``, a reduced-precision copy built on first use.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class Pipeline:
         name: str = "",
         checkpoint: LoadedCheckpoint | None = None,
         precision: str = "auto",
+        calibration: Calibration | None = None,
     ):
         self.device = torch.device(device or default_device())
         self.model = model.to(self.device).eval()
@@ -96,7 +103,14 @@ class Pipeline:
         self.tokenizer = tokenizer or model.tokenizer or default_tokenizer()
         self.name = name
         self.checkpoint = checkpoint
-        self.dtype = resolve_precision(precision, self.device)
+        self.int8 = precision == "int8"
+        if self.int8 and (reason := int8_unavailable(self.device)):
+            self.int8, fallback = False, precision_name(resolve_precision("auto", self.device))
+            warnings.warn(
+                f"int8 is not available: {reason}; computing in {fallback} instead", Int8Warning, stacklevel=2
+            )
+        self.dtype = torch.float32 if self.int8 else resolve_precision(precision.replace("int8", "auto"), self.device)
+        self.calibration = calibration
         self._inference_model: CLIP | None = None
 
     def __repr__(self) -> str:
@@ -107,16 +121,43 @@ class Pipeline:
 
     @property
     def precision(self) -> str:
-        """The precision the encoders compute in: ``fp32``, ``bf16`` or ``fp16``."""
-        return precision_name(self.dtype)
+        """The precision the encoders compute in: ``fp32``, ``bf16``, ``fp16`` or ``int8``."""
+        return "int8" if self.int8 else precision_name(self.dtype)
 
     @property
     def inference_model(self) -> CLIP:
         """The model the encoders run: ``model`` in float32, else its copy in :attr:`dtype` (built once;
         call :meth:`refresh` after changing ``model``'s weights)."""
         if self._inference_model is None:
-            self._inference_model = inference_model(self.model, self.dtype, self.device)
+            if self.int8:
+                calibration = self.int8_calibration
+                self._inference_model = int8_model(self.model, calibration, pixel_range(self), attention_dtype())
+            else:
+                self._inference_model = inference_model(self.model, self.dtype, self.device)
         return self._inference_model
+
+    @property
+    def int8_calibration(self) -> Calibration | None:
+        """:attr:`calibration` if it was made for these weights; else None (with a warning if it was not)."""
+        if self.calibration is not None and self.calibration.fingerprint != self.identity.fingerprint:
+            warnings.warn(
+                f"the int8 calibration of {self.name or 'this model'} was made for other weights; ignoring it "
+                "(int8 quantizes per token): run `cliplab calibrate` again",
+                Int8Warning,
+                stacklevel=4,
+            )
+            return None
+        return self.calibration
+
+    def calibrate(
+        self, images: Sequence[ImageInput] | torch.Tensor = (), texts: Sequence[str] = (), progress: bool = False
+    ) -> Calibration:
+        """Calibrate static int8 on ``images`` and ``texts`` (see :func:`cliplab.quantize.calibrate.calibrate`),
+        use it from now on, and return it (``.save(path)`` writes it; :func:`load` reads it from
+        :func:`cliplab.quantize.calibration_path` of the model)."""
+        self.calibration = calibrate(self, images, texts, progress=progress)
+        self.refresh()
+        return self.calibration
 
     def refresh(self) -> None:
         """Forget the reduced-precision copy, so the next encoding uses ``model``'s current weights."""
@@ -191,10 +232,11 @@ class Pipeline:
         """Cosine similarities ``[n_images, n_texts]``."""
         return self.embed_images(images) @ self.embed_texts(texts).T
 
-    def export_onnx(self, folder: str | os.PathLike) -> Path:
-        """Write ``image_encoder.onnx``, ``text_encoder.onnx`` and their settings to ``folder`` (float32;
-        see :mod:`cliplab.export`; needs the ``onnx`` extra)."""
-        return export_onnx(self, folder)
+    def export_onnx(self, folder: str | os.PathLike, int8: bool | None = None) -> Path:
+        """Write ``image_encoder.onnx``, ``text_encoder.onnx`` and their settings to ``folder``: float32, or
+        int8 QDQ graphs from :attr:`calibration` (``int8``, default: whether this pipeline runs int8; see
+        :mod:`cliplab.export`; needs the ``onnx`` extra)."""
+        return export_onnx(self, folder, int8=self.int8 if int8 is None else int8)
 
     def save(self, dest: str | os.PathLike, format: str = "cliplab", metadata: dict | None = None) -> Path:
         """Write the model in ``format`` (``cliplab``, ``open_clip``, ``huggingface``, ``openai``)."""
@@ -213,7 +255,8 @@ def load(
     ``name_or_path``: a file or folder in any format cliplab reads, a model in ``$CLIPLAB_HOME/models``
     (default ``cliplab-mini``), or a hub name such as ``ViT-B-32/openai`` (needs a network or the
     hub cache). ``quick_gelu`` sets the activation of bare state dicts that do not record it.
-    ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``) is the dtype the encoders compute in.
+    ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``, ``int8``) is what the encoders compute in; with
+    ``int8``, the calibration stored beside the model (``cliplab calibrate``) is used when there is one.
     """
     path = resolve_model_path(name_or_path, cache_dir)
     name = model_name(name_or_path)
@@ -229,7 +272,9 @@ def load(
             f"{path}: preprocessing resizes to {preprocess.image_size} px but the model takes {model.image_size} px"
         )
     tokenizer = model.tokenizer or Tokenizer(context_length=model.context_length)
-    return Pipeline(model, preprocess, tokenizer, device, name, ckpt, precision=precision)
+    stored = calibration_path(path)
+    calibration = Calibration.load(stored) if precision == "int8" and stored.is_file() else None
+    return Pipeline(model, preprocess, tokenizer, device, name, ckpt, precision=precision, calibration=calibration)
 
 
 def build(

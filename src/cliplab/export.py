@@ -9,8 +9,9 @@
   the embedding size and the logit scale.
 
 Features are projected and unnormalised, as :meth:`cliplab.Pipeline.encode_image` returns them; the
-graphs compute in float32 from the pipeline's float32 weights. Needs the ``onnx`` extra
-(``pip install 'cliplab[onnx]'``).
+graphs compute in float32 from the pipeline's float32 weights, or, with ``int8=True``, are the
+calibrated int8 model as QDQ graphs (int8 weights, the calibration's activation scales; see
+:mod:`cliplab.quantize.onnx`). Needs the ``onnx`` extra (``pip install 'cliplab[onnx]'``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import torch
 from torch import nn
 
 from .extras import require
+from .quantize import int8_model
+from .quantize.calibrate import pixel_range
+from .quantize.onnx import exporting, store_weights_as_int8
 
 if TYPE_CHECKING:
     from .api import Pipeline
@@ -52,13 +56,27 @@ class _TextEncoder(nn.Module):
         return self.model.encode_text(token_ids)
 
 
-def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, encoders: tuple[str, ...] = ("image", "text")) -> Path:
-    """Write the ``encoders`` (``image``, ``text``) of ``pipeline`` and their settings to ``folder``; returns it."""
+def export_onnx(
+    pipeline: Pipeline,
+    folder: str | os.PathLike,
+    encoders: tuple[str, ...] = ("image", "text"),
+    int8: bool = False,
+) -> Path:
+    """Write the ``encoders`` (``image``, ``text``) of ``pipeline`` and their settings to ``folder``; returns it.
+    ``int8``: the int8 model with ``pipeline.calibration`` (required) as QDQ graphs."""
     require("onnx", "onnx", "ONNX export")  # torch.onnx.export needs onnx and onnxscript
     require("onnxscript", "onnx", "ONNX export")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(pipeline.model).float().cpu().eval()  # the float32 master, on the CPU
+    calibration = pipeline.int8_calibration if int8 else None
+    if int8:
+        if calibration is None:
+            raise ValueError(
+                "ONNX export in int8 needs a calibration (per-token scales have no ONNX form): "
+                "run `cliplab calibrate MODEL IMAGES... --texts FILE` first"
+            )
+        model = int8_model(model, calibration, pixel_range(pipeline))
+    folder.mkdir(parents=True, exist_ok=True)
     n, context = model.image_size, model.context_length
     pixels = torch.zeros(2, 3, n, n)
     # The text tower computes only up to the batch's last end token; traced with an end token in the
@@ -67,7 +85,7 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, encoders: tuple[s
     token_ids[:, 0], token_ids[:, -1] = pipeline.tokenizer.sot_token_id, pipeline.tokenizer.eot_token_id
     batch = {0: "batch"}
     hf_text = bool(getattr(model, "has_text_tower", False))
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), exporting(model):
         # The tracer's notes on Python-side shape logic: the end-token slice is traced at full length, on purpose.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter; torch.export cannot trace
@@ -94,6 +112,9 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, encoders: tuple[s
                 opset_version=OPSET,
                 dynamic_axes={"token_ids": batch, "text_features": batch},
             )
+    if int8:
+        for name in encoders:
+            store_weights_as_int8(folder / f"{name}_encoder.onnx")
     tokenizer: dict[str, Any] = {
         "context_length": context,
         "sot_id": pipeline.tokenizer.sot_token_id,
@@ -103,7 +124,8 @@ def export_onnx(pipeline: Pipeline, folder: str | os.PathLike, encoders: tuple[s
     if hf_text:  # the text tower's own tokenizer, in the Hugging Face layout, for runtimes without cliplab
         tokenizer.update(kind="huggingface", folder="tokenizer")
         pipeline.model.tokenizer.save(folder / "tokenizer")
-    settings = {
+    settings: dict[str, Any] = {
+        "precision": "int8" if int8 else "fp32",
         "image_encoder": "image_encoder.onnx" if "image" in encoders else None,
         "text_encoder": "text_encoder.onnx" if "text" in encoders else None,
         "preprocess": pipeline.preprocess.config.to_dict(),

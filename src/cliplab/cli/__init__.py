@@ -10,6 +10,7 @@ module             commands
 ``search``         index, search, serve
 ``vision``         detect, explain, generate
 ``demo``           demo, setup
+``calibrate``      calibrate (int8)
 =================  ==============================================
 
 Each module registers its commands' parsers beside their handlers. Run ``cliplab COMMAND --help``.
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import checkpoints, data, demo, encode, search, training, vision
+from . import calibrate, checkpoints, data, demo, encode, search, training, vision
 from .base import HelpFormatter, Parser, is_user_error, user_message
 
-COMMAND_GROUPS = (encode, checkpoints, training, data, search, vision, demo)
+COMMAND_GROUPS = (encode, checkpoints, training, data, search, vision, demo, calibrate)
 
 EXAMPLES = """examples:
   cliplab demo                                    # the main job on the built-in default model
@@ -51,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(name: str):
+    """cliplab's own warnings (a precision that falls back, a stale calibration) as one line on stderr."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("cliplab."):
+            print(f"cliplab {name}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -58,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     name = args.command + (f" {args.data_command}" if getattr(args, "data_command", None) else "")
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(name)
+            return args.handler(args)
     except KeyboardInterrupt:
         print(f"cliplab {name}: interrupted", file=sys.stderr)
         return 130

@@ -147,10 +147,11 @@ def add_model(parser: argparse.ArgumentParser, default_hint: str = DEFAULT_MODEL
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     group.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=("auto", "fp32", "bf16", "int8"),
         default="auto",
         help="what the encoders compute in; auto: bf16 where the hardware has it natively, but fp32 for one-shot "
-        f"work on fewer than {ONE_SHOT_ITEMS} inputs (bf16's warm-up costs more than it saves there)",
+        f"work on fewer than {ONE_SHOT_ITEMS} inputs (bf16's warm-up costs more than it saves there); int8: CPUs "
+        "with VNNI or AMX, fastest after `cliplab calibrate`",
     )
     add_activation(group)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .base import add_activation, add_command, add_json, print_json
+from .base import CommandError, add_activation, add_command, add_json, print_json
 
 #: :data:`cliplab.checkpoints.FORMATS` (kept here so that the parser does not import torch; a test
 #: checks that the two agree), plus ONNX.
@@ -22,6 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             "cliplab convert ViT-B-32.pt exported/ --to huggingface",
             "cliplab convert runs/mini/model oc/ --to open_clip",
             "cliplab convert cliplab-mini onnx/ --to onnx",
+            "cliplab convert cliplab-mini onnx-int8/ --to onnx --int8   # after `cliplab calibrate cliplab-mini ...`",
         ],
     )
     p.add_argument("source", help="checkpoint path or name")
@@ -31,6 +32,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=CONVERT_FORMATS,
         default="cliplab",
         help="a checkpoint format, or onnx: image_encoder.onnx + text_encoder.onnx (needs cliplab[onnx])",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --to onnx: int8 QDQ graphs from the model's calibration (see `cliplab calibrate`)",
     )
     add_json(p)
     add_activation(p)
@@ -48,14 +54,24 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..api import load
+    from ..api import load, resolve_model_path
+    from ..quantize import Calibration, calibration_path
 
+    if args.int8 and args.to != "onnx":
+        raise CommandError("--int8 applies to --to onnx only: checkpoints keep the float32 weights")
     clip = load(args.source, device="cpu", quick_gelu=args.quick_gelu, precision="fp32")
-    written = clip.export_onnx(args.dest) if args.to == "onnx" else clip.save(args.dest, format=args.to)
+    if args.int8:
+        stored = calibration_path(resolve_model_path(args.source))
+        if not stored.is_file():
+            raise CommandError(
+                f"no int8 calibration at {stored}: run `cliplab calibrate {args.source} IMAGES... --texts FILE`"
+            )
+        clip.calibration = Calibration.load(stored)
+    written = clip.export_onnx(args.dest, int8=args.int8) if args.to == "onnx" else clip.save(args.dest, format=args.to)
     print(
-        json.dumps({"source": args.source, "dest": str(written), "format": args.to})
+        json.dumps({"source": args.source, "dest": str(written), "format": args.to, "int8": args.int8})
         if args.json
-        else f"wrote {args.to} {'encoders' if args.to == 'onnx' else 'checkpoint'} to {written}"
+        else f"wrote {args.to}{' int8' if args.int8 else ''} {'encoders' if args.to == 'onnx' else 'checkpoint'} to {written}"
     )
     return 0
 
@@ -63,8 +79,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from ..api import resolve_model_path
     from ..checkpoints import CheckpointError, build_model, read_checkpoint
+    from ..quantize import Calibration, calibration_path
 
-    ckpt = read_checkpoint(resolve_model_path(args.checkpoint), quick_gelu=args.quick_gelu)
+    path = resolve_model_path(args.checkpoint)
+    ckpt = read_checkpoint(path, quick_gelu=args.quick_gelu)
     try:
         build_model(ckpt)  # the weights must fit the architecture the files describe
     except CheckpointError as error:
@@ -78,6 +96,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         "preprocess": ckpt.preprocess,
         "notes": ckpt.notes,
     }
+    stored = calibration_path(path)
+    calibration = Calibration.load(stored) if stored.is_file() else None
+    if calibration is not None:
+        info["int8_calibration"] = {"path": str(stored), **calibration.to_dict()}
+        del info["int8_calibration"]["ranges"]
     if args.json:
         print_json(info)
         return 0
@@ -93,6 +116,18 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  activation   {'QuickGELU' if cfg.quick_gelu else 'GELU'}")
     for note in ckpt.notes:
         print(f"  note: {note}")
+    if calibration is not None:
+        print(
+            f"  int8         calibrated {calibration.created or '(no date)'} on {calibration.images} images and "
+            f"{calibration.texts} texts: {calibration.describe_layers()}"
+        )
+        for tower, q in calibration.quality.items():
+            print(
+                f"               int8 vs fp32 {tower}: cosine min {q['cosine_min']:.5f}, mean {q['cosine_mean']:.5f}"
+                f" (first {int(q['count'])} calibration inputs)"
+            )
+    else:
+        print("  int8         not calibrated (--precision int8 quantizes per token; see `cliplab calibrate`)")
     return 0
 
 
