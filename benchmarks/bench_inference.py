@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import best_time
 
 SYSTEMS = [
     "cliplab fp32",
@@ -81,17 +82,6 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def best_time(fn, repeats: int, warm_up: bool = True) -> float:
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 # --------------------------------------------------------------------------- one system, in a subprocess

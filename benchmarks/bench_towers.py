@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import best_time
 
 SYSTEMS = ["cliplab fp32", "cliplab bf16", "open_clip fp32", "open_clip bf16-autocast"]
 DEFAULT_MODEL = """embed_dim = 256
@@ -55,15 +56,6 @@ WORDS = ["dog", "cat", "red bicycle", "mountain lake at dawn", "bus", "two child
 def queries(n: int) -> list[str]:
     forms = ["{}", "a photo of a {}", "a {} in the rain", "a blurry photo of a {} next to a tree"]
     return [forms[i % len(forms)].format(WORDS[i % len(WORDS)]) for i in range(n)]
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def build(system: str, folder: Path):
@@ -104,10 +96,14 @@ def worker(system: str, folder: Path, batch: int, repeats: int) -> dict:
     result: dict = {"system": system}
     with torch.inference_mode():
         image_features = torch.cat([image_fn(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
-        seconds = best_time(lambda: [image_fn(pixels[i : i + batch]) for i in range(0, len(pixels), batch)], repeats)
+        seconds = best_time(
+            lambda: [image_fn(pixels[i : i + batch]) for i in range(0, len(pixels), batch)], repeats, warm_up=False
+        )
         result["images/s"] = len(pixels) / seconds
         text_features = torch.cat([text_fn(ids[i : i + 256]) for i in range(0, len(ids), 256)])
-        seconds = best_time(lambda: [text_fn(ids[i : i + 256]) for i in range(0, len(ids), 256)], repeats)
+        seconds = best_time(
+            lambda: [text_fn(ids[i : i + 256]) for i in range(0, len(ids), 256)], repeats, warm_up=False
+        )
         result["texts/s"] = len(ids) / seconds
         latencies = []
         for i in range(15):

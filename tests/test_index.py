@@ -262,6 +262,17 @@ def test_cli_index_and_search(model_path, photos, captions, tmp_path, capsys):
     assert "is not a cliplab store" in capsys.readouterr().err
 
 
+def wait_until_committed(store_dir, process, items: int, timeout: float) -> None:
+    """Wait until the indexer ``process`` has committed ``items`` items to the store (or ended, or timed out)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if (store_dir / "store.sqlite").exists():
+            with Store(store_dir) as store:
+                if store.count() >= items:
+                    return
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_index_killed_with_sigkill_keeps_committed_batches_and_the_next_run_finishes(model_path, tmp_path):
     photos = tmp_path / "photos"
@@ -286,14 +297,7 @@ def test_index_killed_with_sigkill_keeps_committed_batches_and_the_next_run_fini
     committed = []
     for _ in range(3):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        before = committed[-1] if committed else 0
-        while time.time() < deadline and process.poll() is None:
-            if (store_dir / "store.sqlite").exists():
-                with Store(store_dir) as store:
-                    if store.count() >= before + 8:
-                        break
-            time.sleep(0.05)
+        wait_until_committed(store_dir, process, (committed[-1] if committed else 0) + 8, timeout=60)
         process.send_signal(signal.SIGKILL)
         process.wait()
         with Store(store_dir) as store:  # opens, and holds only whole batches
@@ -415,13 +419,7 @@ def test_ctrl_c_during_index_says_what_was_kept_and_how_to_continue(model_path, 
         "0",
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if (store_dir / "store.sqlite").exists():
-            with Store(store_dir) as store:
-                if store.count() >= 8:
-                    break
-        time.sleep(0.05)
+    wait_until_committed(store_dir, process, 8, timeout=120)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     if process.returncode == 0:

@@ -10,9 +10,9 @@ The names below are imported on first use (PEP 562), so that ``import cliplab.cl
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from ._version import __version__
 
 _EXPORTS = {
@@ -75,15 +75,4 @@ if TYPE_CHECKING:
     from .tokenizer import Tokenizer, tokenize
     from .zeroshot import ZeroShotClassifier
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cliplab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

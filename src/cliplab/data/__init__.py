@@ -21,32 +21,33 @@ use (PEP 562), so that reading the caption rules (the command line's parser does
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "SKIP_REASONS": "loader",
-    "DataSpec": "loader",
-    "PairDataset": "loader",
-    "ShardStream": "loader",
-    "TrainLoader": "loader",
-    "make_train_loader": "loader",
-    "CAPTION_RULES": "captions",
-    "WEB_CAPTION_RULES": "captions",
-    "CaptionFilter": "captions",
-    "caption_rule": "captions",
-    "filter_captions": "captions",
-    "CAPTION_COLUMNS": "pairs",
-    "IMAGE_COLUMNS": "pairs",
-    "Pair": "pairs",
-    "read_pairs": "pairs",
-    "source_kind": "pairs",
-    "ShardSample": "shards",
-    "expand_shards": "shards",
-    "iter_shard": "shards",
-    "pack_shards": "shards",
-    "KeepList": "keep",
-    "read_keep_list": "keep",
+    "SKIP_REASONS": ".loader",
+    "DataSpec": ".loader",
+    "PairDataset": ".loader",
+    "ShardStream": ".loader",
+    "TrainLoader": ".loader",
+    "make_train_loader": ".loader",
+    "CAPTION_RULES": ".captions",
+    "WEB_CAPTION_RULES": ".captions",
+    "CaptionFilter": ".captions",
+    "caption_rule": ".captions",
+    "filter_captions": ".captions",
+    "CAPTION_COLUMNS": ".pairs",
+    "IMAGE_COLUMNS": ".pairs",
+    "Pair": ".pairs",
+    "read_pairs": ".pairs",
+    "source_kind": ".pairs",
+    "ShardSample": ".shards",
+    "expand_shards": ".shards",
+    "iter_shard": ".shards",
+    "pack_shards": ".shards",
+    "KeepList": ".keep",
+    "read_keep_list": ".keep",
 }
 
 __all__ = [
@@ -81,15 +82,4 @@ if TYPE_CHECKING:
     from .pairs import CAPTION_COLUMNS, IMAGE_COLUMNS, Pair, read_pairs, source_kind
     from .shards import ShardSample, expand_shards, iter_shard, pack_shards
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cliplab.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,8 +17,9 @@ the indexer pulls in torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "IndexReport": "cliplab.index.indexer",
@@ -50,11 +51,4 @@ if TYPE_CHECKING:
     from .search import Hit, Searcher
     from .store import ModelMismatchError, Store, StoreError, StoreLockedError
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cliplab.index' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
