@@ -218,7 +218,7 @@ def test_version_and_help_state_defaults_and_examples(capsys):
         text = parser.format_help()
         assert "examples:" in text, name
     text = " ".join(commands["index"].format_help().split())
-    assert "(default: 64)" in text and "(default: the store's model, else cliplab-mini)" in text
+    assert "(default: 64)" in text and "(default: the store's model, else cliplab-lite)" in text
 
 
 def test_a_folder_where_an_image_is_expected_is_named_as_a_folder(model_dir, tmp_path, capsys):

@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from cliplab.data.corpus import build_sample_corpus, emoji, openclipart, read_corpus_split, sources
 from cliplab.data.corpus.openclipart import COLLECTION_TITLES, STAR_GRADIENT_PATTERN_PATHS, STAR_GRADIENT_PATTERN_TITLES
@@ -20,6 +20,9 @@ EXPECTED_LICENCES = {
     "openmoji": "CC-BY-SA-4.0",
     "fluent-emoji-flat": "MIT",
     "noto": "Apache-2.0",
+    "fxemoji": "Apache-2.0",
+    "emojione-v1": "CC-BY-SA-4.0",
+    "noto-v1": "Apache-2.0",
     "noto-font": "OFL-1.1",
     "openclipart": "CC-PDDC",
 }
@@ -219,3 +222,35 @@ def test_missing_sources_error_names_the_install_command(tmp_path, monkeypatch):
     with pytest.raises(sources.CorpusSourcesError, match="cliplab data sources --install") as error:
         sources.find_sources(tmp_path / "empty")
     assert "missing.ttf" in str(error.value) and "@iconify-json/twemoji" in str(error.value)
+
+
+def test_near_copies_across_sets_and_of_held_out_images_leave_training(tmp_path):
+    from cliplab.data.corpus.dedup import deduplicate
+
+    def draw(name: str, colour: str, shift: int = 0, shape: str = "ellipse") -> str:
+        image = Image.new("RGB", (64, 64), "white")
+        box = (8 + shift, 8, 56 + shift, 56)
+        getattr(ImageDraw.Draw(image), shape)(box, fill=colour)
+        image.save(tmp_path / name)
+        return name
+
+    def item(name, source, split, concept="red apple"):
+        return {"image": name, "source": source, "split": split, "concept": concept}
+
+    items = [
+        item(draw("a.png", "red"), "twemoji", "train"),
+        item(draw("b.png", "red", shift=1), "noto", "train"),  # a near copy in another set
+        item(draw("c.png", "red", shift=1), "twemoji", "train"),  # the same set keeps its own variants
+        item(draw("d.png", "green", shape="rectangle"), "noto", "train", "green square"),
+        item(draw("e.png", "green", shape="rectangle"), "fxemoji", "train", "green square"),
+        item(draw("f.png", "blue", shape="rectangle"), "openmoji", "zeroshot_test", "blue square"),
+        item(draw("g.png", "blue", shape="rectangle", shift=1), "noto", "train", "blue square"),  # copies held-out
+        item(draw("h.png", "purple"), "openmoji", "zeroshot_test", "purple circle"),
+    ]
+    kept, removed = deduplicate(items, tmp_path)
+    assert [i["image"] for i in kept] == ["a.png", "c.png", "d.png", "f.png", "h.png"]
+    assert removed == {
+        "fxemoji:near_copy_in_another_set": 1,
+        "noto:near_copy_in_another_set": 1,
+        "noto:near_copy_of_held_out": 1,
+    }

@@ -41,7 +41,7 @@ def resolve_model_path(
     name_or_path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
 ) -> Path:
     """A local checkpoint path for a model: a path, a model in ``$CLIPLAB_HOME/models`` (default
-    ``cliplab-mini``), or a published name fetched through the hub cache."""
+    ``cliplab-lite``), or a published name fetched through the hub cache."""
     name = str(name_or_path or DEFAULT_MODEL)
     named = models_dir() / name
     if "/" not in name and named.is_dir():
@@ -253,7 +253,7 @@ def load(
     """Load a CLIP checkpoint from a path or a published name into a :class:`Pipeline`.
 
     ``name_or_path``: a file or folder in any format cliplab reads, a model in ``$CLIPLAB_HOME/models``
-    (default ``cliplab-mini``), or a hub name such as ``ViT-B-32/openai`` (needs a network or the
+    (default ``cliplab-lite``), or a hub name such as ``ViT-B-32/openai`` (needs a network or the
     hub cache). ``quick_gelu`` sets the activation of bare state dicts that do not record it.
     ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``, ``int8``) is what the encoders compute in; with
     ``int8``, the calibration stored beside the model (``cliplab calibrate``) is used when there is one.

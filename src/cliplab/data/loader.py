@@ -63,6 +63,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..images import ImageLoadError, ImageTooLargeError, load_image
+from .augment import AugmentConfig, augment_image, augment_rng
 from .captions import CAPTION_RULES, caption_rule, filter_captions
 from .keep import KeepList, read_keep_list
 from .pairs import Pair, read_pairs, source_kind
@@ -156,10 +157,14 @@ def _load_sample(
     caption: str,
     preprocess: Callable[[Any], torch.Tensor],
     tokenizer: Callable[..., torch.Tensor],
+    augment: Augmenter | None = None,
+    position: int = 0,
 ) -> Sample | str:
-    """Decode, preprocess and tokenise one pair; on failure return the skip reason."""
+    """Decode, (augment,) preprocess and tokenise one pair; on failure return the skip reason."""
     try:
         image = load_image(source)
+        if augment is not None:
+            image = augment(image, caption, position)
     except ImageTooLargeError:
         return "too_large"
     except ImageLoadError:
@@ -230,6 +235,18 @@ def _fill_block(load: Callable[[int, bool], Any], start: int, size: int) -> tupl
 # =========================================================================== map-style
 
 
+class Augmenter:
+    """On-the-fly augmentation of a rank's stream: the image at stream position ``q`` is augmented
+    from a generator keyed by ``(seed, rank, q)``, so it does not depend on workers or on resuming."""
+
+    def __init__(self, config: AugmentConfig, seed: int, rank: int = 0) -> None:
+        self.config, self.seed, self.rank = config, int(seed), int(rank)
+
+    def __call__(self, image: Any, caption: str, position: int) -> Any:
+        rng = augment_rng(self.seed, "stream", self.rank, position)
+        return augment_image(image, caption, self.config, rng)
+
+
 class PairDataset(Dataset):
     """Map-style dataset over pairs: ``dataset[i] -> (pixels [3, H, W], tokens [context])``.
 
@@ -247,19 +264,23 @@ class PairDataset(Dataset):
         pairs: Sequence[Pair],
         preprocess: Callable[[Any], torch.Tensor],
         tokenizer: Callable[..., torch.Tensor],
+        augment: Augmenter | None = None,
     ) -> None:
         self.pairs = list(pairs)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
+        self.augment = augment
         self._skips = _SkipCounts()
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def load(self, index: int, count: bool = True) -> Sample | None:
-        """The sample at ``index``, or ``None`` if its image is unusable (counted if ``count``)."""
+    def load(self, index: int, count: bool = True, position: int | None = None) -> Sample | None:
+        """The sample at ``index``, or ``None`` if its image is unusable (counted if ``count``).
+        ``position`` (the stream position) keys the augmentation; default: ``index``."""
         pair = self.pairs[index]
-        result = _load_sample(pair.image, pair.caption, self.preprocess, self.tokenizer)
+        where = index if position is None else position
+        result = _load_sample(pair.image, pair.caption, self.preprocess, self.tokenizer, self.augment, where)
         if isinstance(result, str):
             if count:
                 self._skips.add(result)
@@ -347,7 +368,7 @@ class _PairBatches(Dataset):
 
     def __getitem__(self, k: int) -> Sample:
         samples, _ = _fill_block(
-            lambda q, count: self.dataset.load(self.order.index_at(q), count=count),
+            lambda q, count: self.dataset.load(self.order.index_at(q), count=count, position=q),
             k * self.batch_size,
             self.batch_size,
         )
@@ -508,8 +529,10 @@ class ShardStream(IterableDataset):
         start_batch: int = 0,
         epochs: int | None = None,
         keep: KeepList | str | os.PathLike | None = None,
+        augment: Augmenter | None = None,
     ) -> None:
         super().__init__()
+        self.augment = augment
         self.keep = read_keep_list(keep) if isinstance(keep, (str, os.PathLike)) else keep
         self.sources = _normalise_sources(sources)
         self._shards: list[Path] = []
@@ -668,7 +691,7 @@ class ShardStream(IterableDataset):
         fh.seek(offset)
         return fh.read(size)
 
-    def _load_ref(self, ref: _Ref, count: bool) -> Sample | None:
+    def _load_ref(self, ref: _Ref, count: bool, position: int = 0) -> Sample | None:
         try:
             data = self._read(ref.shard, ref.offset, ref.size)
         except OSError:
@@ -677,7 +700,7 @@ class ShardStream(IterableDataset):
             if len(data) != ref.size:
                 result = "read_error"
             else:
-                result = _load_sample(data, ref.caption, self.preprocess, self.tokenizer)
+                result = _load_sample(data, ref.caption, self.preprocess, self.tokenizer, self.augment, position)
         if isinstance(result, str):
             if count:
                 self._skips.add(result)
@@ -697,7 +720,7 @@ class ShardStream(IterableDataset):
 
         def load(position: int, count: bool) -> Any:
             ref = cursor.get(position)
-            return _END if ref is None else self._load_ref(ref, count=count)
+            return _END if ref is None else self._load_ref(ref, count=count, position=position)
 
         while True:
             cursor.advance_to(block * B)
@@ -792,6 +815,7 @@ def make_train_loader(
     seed: int = 0,
     workers: int = 2,
     start_batch: int = 0,
+    augment: AugmentConfig | None = None,
 ) -> TrainLoader:
     """Build the infinite, deterministic, resumable training loader of one rank.
 
@@ -810,6 +834,8 @@ def make_train_loader(
         seed: seed of the whole order.
         workers: DataLoader worker processes (0: load in the calling process).
         start_batch: first batch to yield (the number of batches already consumed).
+        augment: augment each image on the fly (:mod:`cliplab.data.augment`), keyed by its stream
+            position, so the batches stay a pure function of the arguments.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -836,6 +862,7 @@ def make_train_loader(
     if workers > 0:
         options["prefetch_factor"] = 2
 
+    augmenter = None if augment is None else Augmenter(augment, seed, rank)
     if kind == "shards":
         stream = ShardStream(
             spec.sources,
@@ -850,6 +877,7 @@ def make_train_loader(
             batch_size=batch_size,
             start_batch=start_batch,
             keep=spec.keep or None,
+            augment=augmenter,
         )
         loader = DataLoader(stream, batch_size=batch_size, collate_fn=_collate, **options)
         return TrainLoader(loader, stream, kind, batch_size, start_batch)
@@ -869,12 +897,12 @@ def make_train_loader(
         sizes.append(len(source_pairs))
     if any(counts.values()):
         logger.info("caption filter removed %s", {k: v for k, v in counts.items() if v})
-    dataset = PairDataset(pairs, preprocess, tokenizer)
+    dataset = PairDataset(pairs, preprocess, tokenizer, augmenter)
     order = _MapOrder(sizes, [w for _, w in spec.sources], seed, rank, world_size, spec.resample)
     batches = _PairBatches(dataset, order, batch_size)
     loader = DataLoader(batches, batch_size=None, sampler=_CountFrom(start_batch), collate_fn=_passthrough, **options)
     return TrainLoader(loader, dataset, kind, batch_size, start_batch, counts, len(pairs), order)
 
 
-def _passthrough(batch: Sample) -> Sample:
+def _passthrough(batch: Any) -> Any:
     return batch

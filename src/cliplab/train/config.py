@@ -35,6 +35,9 @@ class DataSection:
     resample: bool = False
     workers: int = 2
     keep: str = ""  # a keep-list from `cliplab data filter --keep-list`: train only on its samples
+    augment: bool = False  # random resized crops, colour jitter, flips (docs/training.md)
+    augment_options: dict[str, Any] = field(default_factory=dict)  # AugmentConfig's fields
+    views: int = 1  # with augment: cached views per image of a locked image tower (view 0 plain)
 
 
 @dataclass
@@ -54,6 +57,12 @@ class TrainSection:
     patch_dropout: float = 0.0
     lock_image: bool = False
     lock_text: bool = False
+    unlock_image_blocks: int = 0  # with lock_image: the last N blocks still learn
+    unlock_text_blocks: int = 0
+    image_lr: float = 0.0  # the image tower's own learning rate (0: lr); heads learn at lr
+    text_lr: float = 0.0
+    feature_cache: bool = True  # a fully locked tower's features computed once, cached on disk
+    feature_cache_dir: str = ""  # default: $CLIPLAB_HOME/features
     loss: str = "clip"  # clip or siglip
     local_loss: bool = False
     gather_with_grad: bool = True
@@ -123,8 +132,14 @@ class TrainConfig:
             raise ValueError("train.batch_size must be >= 2, accum_freq >= 1 and steps >= 1")
         if t.checkpoint_every < 1 or t.log_every < 1:
             raise ValueError("train.checkpoint_every and train.log_every must be >= 1 (steps)")
-        if t.lock_image and t.lock_text:
-            raise ValueError("locking both towers leaves nothing to train")
+        if min(t.unlock_image_blocks, t.unlock_text_blocks) < 0 or t.image_lr < 0 or t.text_lr < 0:
+            raise ValueError("train.unlock_*_blocks and train.image_lr / text_lr must be >= 0")
+        if self.data.views < 1:
+            raise ValueError(f"data.views must be >= 1, got {self.data.views}")
+        if self.data.augment:
+            from ..data.augment import AugmentConfig
+
+            AugmentConfig.from_dict(self.data.augment_options)
         if not 0 <= t.patch_dropout < 1:
             raise ValueError(f"train.patch_dropout must be in [0, 1), not {t.patch_dropout}")
 

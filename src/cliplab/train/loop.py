@@ -22,10 +22,23 @@ from ..data import DataSpec, make_train_loader
 from ..evaluate import evaluate
 from ..model import CLIP, get_preset
 from ..model.clip import MAX_LOGIT_SCALE
+from ..paths import cliplab_home
 from ..preprocess import Preprocessor
 from ..tokenizer import Tokenizer
 from .config import TrainConfig
 from .distributed import World, init_world, mean_over_ranks, shutdown
+from .locked import (
+    CachedBatches,
+    CachedContrastiveHead,
+    FeaturePlan,
+    apply_locks,
+    augment_config,
+    feature_plan,
+    lr_scale_of,
+    prepare_features,
+    read_training_pairs,
+    set_train_mode,
+)
 from .loss import ClipLoss, SigLipLoss
 from .optim import learning_rate, make_optimizer
 from .state import load_state, restore_rng, save_state
@@ -54,20 +67,6 @@ def build_model(config: TrainConfig) -> tuple[CLIP, Preprocessor]:
     if config.model.image_size:
         arch.vision.image_size = config.model.image_size
     return CLIP(arch), Preprocessor(image_size=arch.vision.image_size)
-
-
-def lock_towers(model: CLIP, lock_image: bool, lock_text: bool) -> None:
-    """LiT-style locking: a locked tower gets no gradient (its BatchNorm statistics stay fixed too)."""
-    for name, param in model.named_parameters():
-        is_image = name.startswith("visual.")
-        if (lock_image and is_image) or (lock_text and not is_image and name != "logit_scale"):
-            param.requires_grad_(False)
-
-
-def set_train_mode(model: CLIP, config: TrainConfig) -> None:
-    model.train()
-    if config.train.lock_image:
-        model.visual.eval()
 
 
 class MetricsLog:
@@ -142,8 +141,9 @@ def train(
 
     model, preprocess = build_model(config)
     tokenizer = model.tokenizer or Tokenizer(context_length=model.context_length)  # a text tower's own, if any
-    lock_towers(model, cfg.lock_image, cfg.lock_text)
-    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    apply_locks(model, config)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     if hasattr(model.visual, "patch_dropout"):
         model.visual.patch_dropout = cfg.patch_dropout
     loss_fn: nn.Module = (
@@ -156,7 +156,9 @@ def train(
             model.logit_scale.fill_(math.log(SigLipLoss.INITIAL_LOGIT_SCALE))
     model.to(world.device)
     loss_fn.to(world.device)
-    optimizer = make_optimizer(list(model.named_parameters()) + list(loss_fn.named_parameters()), cfg)
+    optimizer = make_optimizer(
+        list(model.named_parameters()) + list(loss_fn.named_parameters()), cfg, lr_scale_of(config)
+    )
 
     step, prior_seconds, evaluation = 0, 0.0, {}
     state = load_state(out_dir / "checkpoints") if resume else None
@@ -170,7 +172,10 @@ def train(
     elif resume and world.is_main:
         print(f"no training state in {out_dir / 'checkpoints'}: starting a new run")
 
-    head = ContrastiveHead(model)
+    plan = feature_plan(config, world.size)
+    for note in plan.notes if world.is_main else ():
+        print(f"note: {note}", file=sys.stderr)
+    head: nn.Module = CachedContrastiveHead(model, plan) if plan.any else ContrastiveHead(model)
     net: nn.Module = head
     if world.size > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -184,19 +189,24 @@ def train(
         resample=config.data.resample,
         keep=config.resolve(config.data.keep) if config.data.keep else "",
     )
-    batches = iter(
-        make_train_loader(
-            spec,
-            preprocess,
-            tokenizer,
-            cfg.batch_size,
-            rank=world.rank,
-            world_size=world.size,
-            seed=cfg.seed,
-            workers=config.data.workers,
-            start_batch=step * cfg.accum_freq,
+    augment = augment_config(config)
+    if plan.any:
+        batches = iter(cached_batches(config, model, preprocess, tokenizer, plan, world, step, progress))
+    else:
+        batches = iter(
+            make_train_loader(
+                spec,
+                preprocess,
+                tokenizer,
+                cfg.batch_size,
+                rank=world.rank,
+                world_size=world.size,
+                seed=cfg.seed,
+                workers=config.data.workers,
+                start_batch=step * cfg.accum_freq,
+                augment=augment,
+            )
         )
-    )
     use_bf16 = cfg.precision == "bf16"
 
     def autocast():
@@ -214,7 +224,7 @@ def train(
     while step < cfg.steps:
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         micro = [tuple(t.to(world.device, non_blocking=True) for t in next(batches)) for _ in range(cfg.accum_freq)]
         loss = accumulated_backward(net, loss_fn, micro, autocast, ddp=world.size > 1)
         if cfg.grad_clip > 0:
@@ -299,11 +309,30 @@ def train(
 # Settings that fix the model and the data order: a resumed run must share them with the saved state.
 RESUME_KEYS = {
     "model": ("arch", "init_from", "quick_gelu", "image_size"),
-    "data": ("train", "caption_filter", "shuffle_buffer", "resample", "keep"),
-    "train": ("batch_size", "accum_freq", "seed", "loss", "lock_image", "lock_text"),
+    "data": ("train", "caption_filter", "shuffle_buffer", "resample", "keep", "augment", "augment_options", "views"),
+    "train": (
+        "batch_size",
+        "accum_freq",
+        "seed",
+        "loss",
+        "lock_image",
+        "lock_text",
+        "unlock_image_blocks",
+        "unlock_text_blocks",
+        "feature_cache",
+    ),
 }
 
-RESUME_DEFAULTS = {("data", "keep"): ""}
+# Keys added later: runs saved before lack them and used these values.
+RESUME_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("data", "keep"): "",
+    ("data", "augment"): False,
+    ("data", "augment_options"): {},
+    ("data", "views"): 1,
+    ("train", "unlock_image_blocks"): 0,
+    ("train", "unlock_text_blocks"): 0,
+    ("train", "feature_cache"): True,
+}
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
@@ -320,6 +349,46 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], out_dir: Pat
             f"cannot resume {out_dir}: its saved state used other settings ({'; '.join(differences)}). "
             "Resume with the same config, or train into a new --out folder."
         )
+
+
+def cached_batches(
+    config: TrainConfig,
+    model: CLIP,
+    preprocess: Preprocessor,
+    tokenizer: Any,
+    plan: FeaturePlan,
+    world: World,
+    step: int,
+    progress: bool,
+) -> CachedBatches:
+    """The batches of a run whose locked towers read cached features (computed first where missing:
+    by the first process, while the others wait, then read by all)."""
+    import torch.distributed as dist
+
+    distributed = world.size > 1 and dist.is_available() and dist.is_initialized()
+    pairs = read_training_pairs(config)
+    root = config.resolve(config.train.feature_cache_dir) if config.train.feature_cache_dir else ""
+    root = root or str(cliplab_home() / "features")
+    if distributed and not world.is_main:
+        dist.barrier()
+    image_views, text = prepare_features(
+        config, model, preprocess, tokenizer, pairs, plan, world.device, root, progress and world.is_main
+    )
+    if distributed and world.is_main:
+        dist.barrier()
+    return CachedBatches(
+        pairs,
+        image_views,
+        text,
+        preprocess,
+        tokenizer,
+        config.train.batch_size,
+        config.train.seed,
+        augment_config(config),
+        world.rank,
+        world.size,
+        start_batch=step * config.train.accum_freq,
+    )
 
 
 def run_eval(

@@ -2,12 +2,13 @@
 
 `build_sample_corpus(OUT)` (CLI: ``cliplab data sample-corpus OUT``) renders
 
-* emoji in five styles -- Twemoji (CC-BY-4.0), OpenMoji (CC-BY-SA-4.0), Fluent Emoji Flat (MIT) and
-  Noto Emoji (Apache-2.0) from the ``@iconify-json/*`` npm tarballs, plus the Debian Noto Color
-  Emoji font (OFL-1.1) -- captioned from the Unicode CLDR English annotations (name + keywords);
+* emoji in eight styles -- Twemoji (CC-BY-4.0), OpenMoji (CC-BY-SA-4.0), Fluent Emoji Flat (MIT),
+  Noto Emoji and its version 1 (Apache-2.0), FxEmoji (Apache-2.0) and EmojiOne 1 (CC-BY-SA-4.0) from
+  the ``@iconify-json/*`` npm tarballs, plus the Debian Noto Color Emoji font (OFL-1.1) -- captioned from the Unicode CLDR English annotations (name + keywords);
 * Openclipart (Debian ``openclipart-svg``, public domain), captioned from each SVG's RDF metadata
   (title, description, keywords), after named filter rules drop collection titles, stars, gradients,
-  patterns and duplicates;
+  patterns and duplicates; near-duplicate renderings across sets, and training images that nearly
+  copy a held-out one, are dropped (:mod:`~cliplab.data.corpus.dedup`);
 
 into ``OUT/images/<source>/<id>.png`` with ``pairs.jsonl`` and per-split files. Splits: every
 OpenMoji item is ``zeroshot_test`` (an unseen style; ``concepts.json`` lists its concepts that also
@@ -35,7 +36,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ...files import read_jsonl, write_jsonl
-from .emoji import SEED, emoji_caption, is_skin_tone_variant, key_to_text, load_cldr_annotations, load_iconify
+from .dedup import deduplicate
+from .emoji import (
+    SEED,
+    emoji_caption,
+    is_skin_tone_variant,
+    key_to_text,
+    load_cldr_annotations,
+    load_iconify,
+    match_names_to_keys,
+)
 from .openclipart import select_openclipart
 from .render import noto_font_renders, render_task
 from .sources import (
@@ -58,7 +68,7 @@ from .sources import (
     find_sources,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 RETRIEVAL_TEST_SIZE = 500
 
 
@@ -89,6 +99,7 @@ def _config(image_size: int, limit: int | None, include_skin_tones: bool) -> dic
         "include_skin_tones": include_skin_tones,
         "seed": SEED,
         "retrieval_test_size": RETRIEVAL_TEST_SIZE,
+        "sources": list(SOURCES),
     }
 
 
@@ -135,6 +146,8 @@ def _emoji_items(
 ) -> tuple[list[dict], dict]:
     annotations = load_cldr_annotations(sources.cldr)
     sets = {name: load_iconify(path, name) for name, path in sources.iconify.items()}
+    for iconset in sets.values():
+        match_names_to_keys(iconset, annotations)
     meta = {name: {"licence": s.licence, "version": s.version, "info": s.info} for name, s in sets.items()}
 
     def wanted(key: str, source: str, stats: Counter) -> bool:
@@ -285,8 +298,10 @@ def _licenses_markdown(meta: dict, versions: dict) -> str:
         "Attribution: Twemoji graphics by Twitter, Inc. and other contributors, CC-BY-4.0",
         "(https://creativecommons.org/licenses/by/4.0/). OpenMoji graphics by the OpenMoji project",
         "(https://openmoji.org), CC-BY-SA-4.0 (https://creativecommons.org/licenses/by-sa/4.0/): the renderings of",
-        "them in `images/openmoji/` are adaptations and are shared under CC-BY-SA-4.0 too. Fluent Emoji by",
-        "Microsoft Corporation, MIT. Noto Emoji by Google Inc., Apache-2.0. Renderings by rsvg-convert",
+        "them in `images/openmoji/` are adaptations and are shared under CC-BY-SA-4.0 too; so are those of",
+        "EmojiOne 1 (Ranks.com / JoyPixels, CC-BY-SA-4.0) in `images/emojione-v1/`. Fluent Emoji by Microsoft",
+        "Corporation, MIT. Noto Emoji (current and version 1) by Google Inc., Apache-2.0. FxEmoji by Mozilla,",
+        "Apache-2.0. Renderings by librsvg",
         f"({versions.get('rsvg-convert', '')}).",
         "",
     ]
@@ -393,6 +408,7 @@ def build_sample_corpus(
     if errors:
         filters["render_errors_sample"] = dict(sorted(errors.items())[:10])
     final.sort(key=lambda i: (SOURCES.index(i["source"]), i["id"]))
+    final, filters["near_duplicates_removed"] = deduplicate(final, out)  # earlier sets win
 
     train_concepts = {i["concept"] for i in final if i["split"] == "train" and i["source"] != OPENCLIPART_SOURCE}
     concepts = sorted({i["concept"] for i in final if i["source"] == ZEROSHOT_SOURCE} & train_concepts)

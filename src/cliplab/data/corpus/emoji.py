@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -186,3 +187,21 @@ def emoji_caption(name: str, keywords: list[str], item_id: str, seed: int = SEED
             templates += ["{name}: {kws}", "{name}: {kws}", "an emoji of {a_name}: {kws}", "{name} ({kws})"]
     template = rng.choice(templates)
     return template.format(name=name, a_name=a_name or name, kws=", ".join(kws))
+
+
+def match_names_to_keys(iconset: IconSet, annotations: dict) -> int:
+    """Fill ``iconset.chars`` of a set that ships no ``chars.json`` (FxEmoji, EmojiOne 1, Noto 1) from its
+    icon names, which are its emoji's CLDR names as slugs (``admission-tickets``; FxEmoji drops the
+    hyphens: ``admissiontickets``). Returns how many icons matched; unmatched icons are left out."""
+    if iconset.chars:
+        return 0
+    slugs: dict[str, str] = {}
+    for key in sorted(annotations):
+        slug = re.sub(r"[^a-z0-9]+", "-", annotations[key].name.lower()).strip("-")
+        slugs.setdefault(slug, key)
+        slugs.setdefault(slug.replace("-", ""), key)
+    for name in sorted(iconset.icons):
+        key = slugs.get(name)
+        if key is not None:
+            iconset.chars.setdefault(key, name)
+    return len(iconset.chars)

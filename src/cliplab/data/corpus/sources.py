@@ -28,6 +28,9 @@ ICONIFY_PACKAGES = {
     "openmoji": "@iconify-json/openmoji",
     "fluent-emoji-flat": "@iconify-json/fluent-emoji-flat",
     "noto": "@iconify-json/noto",
+    "fxemoji": "@iconify-json/fxemoji",
+    "emojione-v1": "@iconify-json/emojione-v1",
+    "noto-v1": "@iconify-json/noto-v1",
 }
 # fallbacks when a tarball's info.json lacks the SPDX id
 ICONIFY_LICENCES = {
@@ -35,13 +38,26 @@ ICONIFY_LICENCES = {
     "openmoji": "CC-BY-SA-4.0",
     "fluent-emoji-flat": "MIT",
     "noto": "Apache-2.0",
+    "fxemoji": "Apache-2.0",
+    "emojione-v1": "CC-BY-SA-4.0",
+    "noto-v1": "Apache-2.0",
 }
 NOTO_FONT_SOURCE = "noto-font"
 NOTO_FONT_LICENCE = "OFL-1.1"
 OPENCLIPART_SOURCE = "openclipart"
 OPENCLIPART_LICENCE = "CC-PDDC"  # Creative Commons Public Domain Dedication and Certification
 ZEROSHOT_SOURCE = "openmoji"
-SOURCES = ("twemoji", "openmoji", "fluent-emoji-flat", "noto", NOTO_FONT_SOURCE, OPENCLIPART_SOURCE)
+SOURCES = (
+    "twemoji",
+    "openmoji",
+    "fluent-emoji-flat",
+    "noto",
+    "fxemoji",
+    "emojione-v1",
+    "noto-v1",
+    NOTO_FONT_SOURCE,
+    OPENCLIPART_SOURCE,
+)
 SPLITS = ("train", "zeroshot_test", "retrieval_test")
 
 
