@@ -46,7 +46,8 @@ if str(TESTS) not in sys.path:
 
 from web_site import Resource, WebSite, photo_jpeg  # noqa: E402  (the test suite's loopback site)
 
-DEFAULT_CACHE = Path("/work/scratch/webdata/bench-photos")
+# seeded photos, generated once (about 4 GB for 20,000 URLs); $CLIPLAB_BENCH_CACHE overrides
+DEFAULT_CACHE = Path(os.environ.get("CLIPLAB_BENCH_CACHE", Path.home() / ".cache" / "cliplab-bench")) / "photos"
 # Longest side: log-uniform over 500-2,000 px (median ~1,000); aspect ratios as photos on the web.
 ASPECTS = [(4 / 3, 0.35), (3 / 2, 0.25), (16 / 9, 0.1), (1.0, 0.1), (3 / 4, 0.12), (2 / 3, 0.08)]
 FAILURES = [("missing", 0.4), ("forbidden", 0.2), ("error", 0.1), ("page", 0.2), ("refused", 0.1)]

@@ -443,7 +443,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vectors", type=int, nargs="+", default=[10_000_000, 20_000_000])
     parser.add_argument("--phase", choices=("build", "measure", "all", "measure-one"), default="all")
-    parser.add_argument("--dir", default="/work/scratch/scale/bench", help="where the build lives (resumable)")
+    parser.add_argument(
+        "--dir",
+        default=str(Path.home() / ".cache" / "cliplab-bench" / "scale"),
+        help="where the build lives (resumable)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--centres", type=int, help="clusters in the data (default: largest size / 500)")
     parser.add_argument("--queries", type=int, default=1000, help="measured queries of each kind")

@@ -95,7 +95,7 @@ def ensure_default_model(corpus: Path, device: str | None = None) -> Path:
             f'eval.retrieval="{corpus / "retrieval_test.jsonl"}"',
         ],
     )
-    print(f"creating {DEFAULT_MODEL} from {recipe_path()} (first run only; about 3 minutes on 2 cores)")
+    print(f"creating {DEFAULT_MODEL} from {recipe_path()} (first run only; about 3 minutes on 2 cores, corpus aside)")
     train(config, run, resume=True, device=device)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.with_name(f".{folder.name}.partial")
