@@ -17,7 +17,6 @@ and the step, as the live loader's are, so a resumed run stays bitwise identical
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -185,7 +184,7 @@ def _fully_locked(config: TrainConfig, tower: str) -> bool:
     )
 
 
-def feature_plan(config: TrainConfig, world_size: int) -> FeaturePlan:
+def feature_plan(config: TrainConfig) -> FeaturePlan:
     """Which fully locked towers can read cached features in this run."""
     wanted = {tower: _fully_locked(config, tower) for tower in TOWERS}
     notes: list[str] = []
@@ -390,7 +389,3 @@ class CachedBatches:
         while True:
             yield self.batch(k)
             k += 1
-
-    @property
-    def epoch_steps(self) -> float:
-        return math.ceil(len(self.pairs) / (self.batch_size * self.world_size))

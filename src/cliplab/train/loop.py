@@ -172,7 +172,7 @@ def train(
     elif resume and world.is_main:
         print(f"no training state in {out_dir / 'checkpoints'}: starting a new run")
 
-    plan = feature_plan(config, world.size)
+    plan = feature_plan(config)
     for note in plan.notes if world.is_main else ():
         print(f"note: {note}", file=sys.stderr)
     head: nn.Module = CachedContrastiveHead(model, plan) if plan.any else ContrastiveHead(model)
