@@ -189,3 +189,15 @@ def test_resuming_with_other_augmentation_settings_is_refused(towers, tmp_path):
     config.data.views = 2
     with pytest.raises(ValueError, match="data.views"):
         train(config, tmp_path / "run", progress=False, resume=True)
+
+
+def test_a_partly_unlocked_image_tower_runs_live_beside_cached_text_and_resumes_bitwise(towers, tmp_path):
+    config = lit_config(towers, tmp_path, unlock_image_blocks=1)
+    train(config, tmp_path / "straight", progress=False)
+    assert [p.name for p in (tmp_path / "features").rglob("*.npz")] == ["text-fp32.npz"]
+    train(config, tmp_path / "stopped", progress=False, stop_after_steps=3)
+    train(config, tmp_path / "stopped", progress=False, resume=True)
+    assert curve(tmp_path / "stopped") == curve(tmp_path / "straight")
+    a = read_checkpoint(tmp_path / "straight" / "model").state_dict
+    b = read_checkpoint(tmp_path / "stopped" / "model").state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.augment import AugmentConfig, augment_image, augment_rng
+from ..data.augment import AugmentConfig, augment_rng
 from ..data.captions import filter_captions
+from ..data.loader import Augmenter
 from ..data.pairs import Pair, read_pairs, source_kind
 from ..images import load_image
 from ..model import CLIP
@@ -343,7 +344,8 @@ class CachedBatches:
         # [views, N, features]: one gather per batch
         self.image_views = torch.from_numpy(np.stack(image_views)) if image_views is not None else None
         self.text = torch.from_numpy(text) if text is not None else None
-        self.batch_size, self.seed, self.augment = batch_size, seed, augment
+        self.batch_size, self.seed = batch_size, seed
+        self.augment = Augmenter(augment, seed, rank) if augment is not None else None  # the live loader's
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
         self._epoch: tuple[int, np.ndarray] | None = None
 
@@ -374,8 +376,7 @@ class CachedBatches:
             for i, q in zip(idx.tolist(), positions.tolist()):
                 picture = load_image(self.pairs[i].image)
                 if self.augment is not None:
-                    rng = augment_rng(self.seed, "stream", self.rank, q)
-                    picture = augment_image(picture, self.pairs[i].caption, self.augment, rng)
+                    picture = self.augment(picture, self.pairs[i].caption, q)
                 pictures.append(picture)
             images = self.preprocess.batch(pictures)
         if self.text is not None:
