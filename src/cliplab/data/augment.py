@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
-__all__ = ["AugmentConfig", "augment_image", "augment_rng", "mentions_side"]
+__all__ = ["AugmentConfig", "Augmenter", "augment_image", "augment_rng", "mentions_side"]
 
 _SIDE_WORDS = re.compile(r"\b(left|right|lefthand|righthand|leftward|rightward)s?\b", re.IGNORECASE)
 
@@ -121,3 +121,15 @@ def augment_image(image: Image.Image, caption: str, config: AugmentConfig, rng: 
     if config.flip and mirror and not mentions_side(caption):
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return image
+
+
+class Augmenter:
+    """On-the-fly augmentation of a rank's stream: the image at stream position ``q`` is augmented
+    from a generator keyed by ``(seed, rank, q)``, so it does not depend on workers or on resuming."""
+
+    def __init__(self, config: AugmentConfig, seed: int, rank: int = 0) -> None:
+        self.config, self.seed, self.rank = config, int(seed), int(rank)
+
+    def __call__(self, image: Any, caption: str, position: int) -> Any:
+        rng = augment_rng(self.seed, "stream", self.rank, position)
+        return augment_image(image, caption, self.config, rng)

@@ -63,7 +63,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..images import ImageLoadError, ImageTooLargeError, load_image
-from .augment import AugmentConfig, augment_image, augment_rng
+from .augment import AugmentConfig, Augmenter
 from .captions import CAPTION_RULES, caption_rule, filter_captions
 from .keep import KeepList, read_keep_list
 from .pairs import Pair, read_pairs, source_kind
@@ -233,18 +233,6 @@ def _fill_block(load: Callable[[int, bool], Any], start: int, size: int) -> tupl
 
 
 # =========================================================================== map-style
-
-
-class Augmenter:
-    """On-the-fly augmentation of a rank's stream: the image at stream position ``q`` is augmented
-    from a generator keyed by ``(seed, rank, q)``, so it does not depend on workers or on resuming."""
-
-    def __init__(self, config: AugmentConfig, seed: int, rank: int = 0) -> None:
-        self.config, self.seed, self.rank = config, int(seed), int(rank)
-
-    def __call__(self, image: Any, caption: str, position: int) -> Any:
-        rng = augment_rng(self.seed, "stream", self.rank, position)
-        return augment_image(image, caption, self.config, rng)
 
 
 class PairDataset(Dataset):

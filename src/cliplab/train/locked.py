@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.augment import AugmentConfig, augment_rng
+from ..data.augment import AugmentConfig, Augmenter, augment_rng
 from ..data.captions import filter_captions
-from ..data.loader import Augmenter
 from ..data.pairs import Pair, read_pairs, source_kind
 from ..images import load_image
 from ..model import CLIP
