@@ -53,7 +53,7 @@ TARGET_RECALL = 0.95  # recall@10 on the store's own vectors (leave-one-out)
 TARGET_RECALL_OTHER = 0.85  # ... and with the other kind's vectors as queries (texts for an image index)
 DRIFT_LIMIT = 0.1  # re-train when new vectors sit this much further from their centroids than the training set
 _NPROBES = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-_RERANKS = (2, 4, 8, 16, 32, 64)  # candidates re-ranked per result wanted
+_RERANKS = (2, 4, 8, 16, 32, 64, 128, 256)  # candidates re-ranked per result wanted
 _TUNING_K = 10
 ADD_EF_SEARCH = 32  # HNSW depth when assigning added vectors to lists (most of a shard's build time)
 
