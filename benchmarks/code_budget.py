@@ -27,13 +27,9 @@ import math
 
 import faiss
 import numpy as np
-from bench_search_scale import DIM, clustered, unit
+from bench_search_scale import DIM, K, clustered, unit
 
-K = 10
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))
+from cliplab.index.ann_ondisk import recall
 
 
 def scalar_codes(x: np.ndarray, low: np.ndarray, high: np.ndarray, bits: int) -> np.ndarray:
