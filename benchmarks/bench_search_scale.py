@@ -257,25 +257,25 @@ def memory(mapped: tuple[str, ...] = ()) -> dict:
     return fields
 
 
-def single_query_ms(index: od.CompressedIndex, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    times, found = [], []
+def each_query_ms(run, queries: np.ndarray) -> tuple[np.ndarray, list]:
+    """``run(query[None])`` for each query alone: its milliseconds and its results."""
+    times, results = [], []
     for q in queries:
         start = time.perf_counter()
-        _, ids = index.search(q[None], K)
+        results.append(run(q[None]))
         times.append((time.perf_counter() - start) * 1000)
-        found.append(ids[0])
-    return np.array(times), np.stack(found)
+    return np.array(times), results
+
+
+def single_query_ms(index: od.CompressedIndex, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    times, results = each_query_ms(lambda q: index.search(q, K)[1][0], queries)
+    return times, np.stack(results)
 
 
 def candidate_ms(index: od.CompressedIndex, queries: np.ndarray) -> np.ndarray:
     """Milliseconds of the list-scan stage alone (coarse search + PQ scan) of each single query."""
     depth = max(K, index.params.rerank * K)
-    times = []
-    for q in queries:
-        start = time.perf_counter()
-        index.candidates(q[None], depth)
-        times.append((time.perf_counter() - start) * 1000)
-    return np.array(times)
+    return each_query_ms(lambda q: index.candidates(q, depth), queries)[0]
 
 
 def measure_one(args, data: Data, n: int, codec: str) -> dict:
